@@ -1,0 +1,1 @@
+"""Operator tools beyond upstream: OIDC issuer kit, token doctor, trust policies, audit."""
