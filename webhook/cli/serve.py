@@ -1,0 +1,252 @@
+"""`pod-identity-webhook serve` (the default command): the webhook server, upstream's flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from webhook import __version__
+from webhook.cli import UsageError, flags, logs
+from webhook.core.configmap import ConfigMapError
+from webhook.server.app import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    WebhookContext,
+    create_metrics_app,
+    create_webhook_app,
+)
+from webhook.server.grace import GraceLookup
+from webhook.server.metrics import Metrics
+from webhook.server.runner import Listener, ServerGroup
+from webhook.server.runner import run as run_servers
+from webhook.server.tls import CertificateReloader, TLSConfigError, server_context
+from webhook.sources import filewatch
+from webhook.sources.container_credentials import ContainerCredentialsError, parse_identities
+from webhook.sources.objects import ObjectsError, ObjectsSource
+from webhook.sources.store import IdentityStore
+
+HELP = "run the webhook server (default command; upstream's flags)"
+log = logging.getLogger("webhook.serve")
+
+RELOAD_INTERVAL_SECONDS = 2.0  # certificates, --objects and identities files
+Job = Callable[[], Coroutine[Any, Any, None]]
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    return flags.normalize_argv(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.allow_abbrev = False
+    server = parser.add_argument_group("server")
+    server.add_argument("--port", type=flags.go_int, default=443, help="Port to listen on (HTTPS)")
+    server.add_argument(
+        "--metrics-port",
+        type=flags.go_int,
+        default=9999,
+        help="Port to listen on for metrics (http)",
+    )
+    server.add_argument(
+        "--bind-address", default="0.0.0.0", help="(new) Address both listeners bind to"
+    )
+    server.add_argument(
+        "--tls-cert",
+        default="/etc/webhook/certs/tls.crt",
+        help="TLS certificate file path (reloaded on change)",
+    )
+    server.add_argument(
+        "--tls-key",
+        default="/etc/webhook/certs/tls.key",
+        help="TLS key file path (reloaded on change)",
+    )
+    server.add_argument(
+        "--tls-cipher-suites", default="", help="Comma-separated Go cipher suite names"
+    )
+    server.add_argument(
+        "--tls-min-version", default="", help="Minimum TLS version: 1.0, 1.1, 1.2 (default), 1.3"
+    )
+    server.add_argument(
+        "--max-request-bytes",
+        type=flags.go_int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="(new) Larger bodies get 413",
+    )
+    server.add_argument(
+        "--enable-debugging-handlers",
+        type=flags.go_bool,
+        default=False,
+        metavar="BOOL",
+        help="Enable /debug/alpha/* handlers",
+    )
+    flags.BOOL_FLAGS.add("enable-debugging-handlers")
+    cluster = parser.add_argument_group("cluster")
+    # Upstream's default is true, meaning CSR bootstrapping, which no longer works; we only
+    # refuse it when asked for explicitly (None = not given).
+    cluster.add_argument(
+        "--in-cluster",
+        type=flags.go_bool,
+        default=None,
+        metavar="BOOL",
+        help="Upstream's CSR certificate bootstrapping: not supported, use --tls-cert/--tls-key",
+    )
+    flags.BOOL_FLAGS.add("in-cluster")
+    cluster.add_argument(
+        "--kubeconfig", default="", help="(out-of-cluster) Path to a kubeconfig file"
+    )
+    cluster.add_argument(
+        "--kube-api", default="", help="(out-of-cluster) The URL of the API server"
+    )
+    cluster.add_argument(
+        "--service-name",
+        default="pod-identity-webhook",
+        help="(in-cluster) The service name fronting this webhook",
+    )
+    cluster.add_argument(
+        "--tls-secret",
+        default="pod-identity-webhook",
+        help="(in-cluster, unused) Upstream's CSR secret name",
+    )
+    cluster.add_argument(
+        "--service-account-lookup-grace-period",
+        type=flags.go_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="Wait up to this long for an unknown ServiceAccount (0 = off)",
+    )
+    cluster.add_argument(
+        "--resync-period",
+        type=flags.go_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="Period of the full ServiceAccount relist",
+    )
+    flags.add_mutation_flags(parser)
+    flags.add_klog_flags(parser)
+    parser.add_argument(
+        "--version",
+        type=flags.go_bool,
+        default=False,
+        metavar="BOOL",
+        help="Display the version and exit",
+    )
+    flags.BOOL_FLAGS.add("version")
+
+
+def _container_credentials_job(path: str, store: IdentityStore) -> Job:
+    def load() -> None:
+        try:
+            content = Path(path).read_bytes()
+        except FileNotFoundError:
+            log.warning("container credentials file %s does not exist (yet); no identities", path)
+            content = b""
+        store.set_container_credentials(parse_identities(content))
+
+    try:
+        load()
+    except (ContainerCredentialsError, OSError) as err:
+        raise UsageError(f"--watch-container-credentials-config {path}: {err}") from None
+    return partial(filewatch.watch, [path], load, RELOAD_INTERVAL_SECONDS, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.verbosity, args.log_format)
+    if args.version:
+        print(__version__)
+        return 0
+    if args.in_cluster:
+        raise UsageError(
+            "--in-cluster=true asks for upstream's CSR certificate bootstrapping, which the "
+            "Kubernetes legacy signer no longer serves; mount a certificate (cert-manager, the "
+            "Helm chart or `pod-identity-webhook certs generate`) and pass --tls-cert/--tls-key"
+        )
+    from webhook.sources.imds import account_from_instance_metadata
+
+    settings = flags.settings_from_args(args, account_lookup=account_from_instance_metadata)
+    store = IdentityStore(settings)
+    jobs: list[Job] = []
+    config_map_namespace = args.namespace if args.watch_config_map else None
+    fetch = None
+    if args.objects:
+        source = ObjectsSource(args.objects, store, config_map_namespace)
+        try:
+            source.load()
+        except (ObjectsError, ConfigMapError) as err:
+            raise UsageError(f"--objects: {err}") from None
+        jobs.append(
+            partial(
+                filewatch.watch,
+                source.watched_files(),
+                source.load,
+                RELOAD_INTERVAL_SECONDS,
+                "--objects",
+            )
+        )
+
+        def ready() -> bool:
+            return True
+    else:
+        from webhook.sources.kube import KubeSource, KubeSourceError
+
+        try:
+            kube = KubeSource.connect(
+                store,
+                kubeconfig=args.kubeconfig,
+                api_url=args.kube_api,
+                config_map_namespace=config_map_namespace,
+                resync_seconds=args.resync_period,
+            )
+        except KubeSourceError as err:
+            raise UsageError(str(err)) from None
+        kube.start()
+        ready = kube.synced
+        fetch = kube.request_fetch
+    if args.watch_container_credentials_config:
+        jobs.append(_container_credentials_job(args.watch_container_credentials_config, store))
+    try:
+        tls_context = server_context(
+            args.tls_cert, args.tls_key, args.tls_min_version, args.tls_cipher_suites
+        )
+    except TLSConfigError as err:
+        raise UsageError(str(err)) from None
+    reloader = CertificateReloader(tls_context, args.tls_cert, args.tls_key)
+    jobs.append(
+        partial(
+            filewatch.watch,
+            [args.tls_cert, args.tls_key],
+            reloader.reload,
+            RELOAD_INTERVAL_SECONDS,
+            "TLS certificate",
+        )
+    )
+
+    metrics = Metrics()
+    metrics.track_cache(lambda: float(store.service_account_count), ready)
+    metrics.used.set_function(lambda: 1.0 if store.service_account_count else 0.0)
+    ctx = WebhookContext(
+        settings=settings,
+        store=store,
+        lookup=GraceLookup(store, args.service_account_lookup_grace_period, fetch),
+        metrics=metrics,
+        ready=ready,
+        max_request_bytes=args.max_request_bytes,
+        debug_handlers=args.enable_debugging_handlers,
+    )
+    group = ServerGroup(
+        listeners=[
+            Listener(create_webhook_app(ctx), args.bind_address, args.port, tls_context),
+            Listener(create_metrics_app(ctx), args.bind_address, args.metrics_port),
+        ],
+        background=jobs,
+    )
+    log.info(
+        "listening on %s:%d (https) and :%d (metrics)",
+        args.bind_address,
+        args.port,
+        args.metrics_port,
+    )
+    run_servers(group)
+    log.info("shut down cleanly")
+    return 0

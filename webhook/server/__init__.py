@@ -1,0 +1,1 @@
+"""The HTTP shell: HTTPS webhook, plain-HTTP metrics, TLS reloading, graceful shutdown."""

@@ -1,0 +1,172 @@
+"""The two HTTP applications: HTTPS webhook (`/mutate`, `/healthz`, `/readyz`) and plain-HTTP
+metrics (`/metrics`). Debug handlers exist only with --enable-debugging-handlers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from webhook.core.settings import MutationSettings
+from webhook.review import Outcome, PendingReview, finish_review, parse_review, reject
+from webhook.server.grace import GraceLookup
+from webhook.server.metrics import CONTENT_TYPE, Metrics
+from webhook.sources.store import IdentityStore
+
+log = logging.getLogger("webhook.requests")
+
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_JSON = "application/json"
+
+
+@dataclass(slots=True)
+class WebhookContext:
+    settings: MutationSettings
+    store: IdentityStore
+    lookup: GraceLookup
+    metrics: Metrics
+    ready: Callable[[], bool]
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    debug_handlers: bool = False
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == _JSON
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def run_review(ctx: WebhookContext, body: bytes) -> Outcome:
+    pending = parse_review(body)
+    if not isinstance(pending, PendingReview):
+        return pending
+    lookup = await ctx.lookup.lookup(pending.namespace, pending.service_account)
+    return finish_review(pending, lookup, ctx.settings)
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    log.debug(
+        "admission review",
+        extra={
+            "fields": {
+                "uid": outcome.uid,
+                "pod": outcome.pod_name,
+                "namespace": outcome.namespace,
+                "serviceAccount": outcome.service_account,
+                "allowed": outcome.allowed,
+                "mutated": outcome.mutated,
+                "method": outcome.method or "",
+                "reason": outcome.reason,
+            }
+        },
+    )
+
+
+def create_webhook_app(ctx: WebhookContext) -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    metrics = ctx.metrics
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        started = time.perf_counter()
+        status = 200
+        try:
+            if not _is_json(request.headers.get("content-type")):
+                status = 415
+                log.error(
+                    "Content-Type=%s, expected application/json",
+                    request.headers.get("content-type"),
+                )
+                return PlainTextResponse("Invalid Content-Type, expected `application/json`\n", 415)
+            body = await _read_limited(request, ctx.max_request_bytes)
+            if body is None:
+                status = 413
+                return PlainTextResponse(
+                    f"request body over {ctx.max_request_bytes} bytes (--max-request-bytes)\n",
+                    413,
+                )
+            try:
+                outcome = await run_review(ctx, body)
+            except Exception as err:  # a bug must never take the server down
+                log.exception("review failed")
+                outcome = reject(f"internal error while reviewing the pod: {err}")
+            if outcome.method is not None:
+                metrics.pod_identity_applied(outcome.method)
+            elif outcome.missing_service_account:
+                metrics.service_account_missing()
+            if log.isEnabledFor(logging.DEBUG):
+                _log_outcome(outcome)
+            return Response(outcome.body, media_type=_JSON)
+        finally:
+            metrics.observe_request("POST", "/mutate", status, time.perf_counter() - started)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if ctx.ready():
+            return PlainTextResponse("ok")
+        return PlainTextResponse("identity caches not synced yet\n", 503)
+
+    if ctx.debug_handlers:
+
+        @app.api_route("/debug/alpha/deny", methods=["GET", "POST"])
+        async def deny() -> Response:
+            metrics.observe_request("POST", "/debug/alpha/deny", 200, 0.0)
+            return reject_response("Test deny message")
+
+        @app.api_route("/debug/alpha/500", methods=["GET", "POST"])
+        async def internal_error() -> Response:
+            metrics.observe_request("POST", "/debug/alpha/500", 500, 0.0)
+            return PlainTextResponse("test error\n", 500)
+
+    return app
+
+
+def reject_response(message: str) -> Response:
+    return Response(reject(message).body, media_type=_JSON)
+
+
+def create_metrics_app(ctx: WebhookContext) -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    if ctx.debug_handlers:
+
+        @app.get("/debug/alpha/cache")
+        async def cache() -> Response:
+            return Response(
+                orjson.dumps(ctx.store.snapshot(), option=orjson.OPT_INDENT_2), media_type=_JSON
+            )
+
+        @app.api_route("/debug/alpha/cache/clear", methods=["GET", "POST"])
+        async def clear() -> Response:
+            ctx.store.clear()
+            return JSONResponse({"cleared": True})
+
+    return app

@@ -1,0 +1,142 @@
+"""Prometheus metrics with upstream's names, so existing dashboards and alerts keep working.
+
+prometheus_client appends `_total` to counters; upstream (client_golang) does not. The
+upstream counters are therefore exposed by a small collector that writes their exact names.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    Summary,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_UPSTREAM_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "http_request_count": (
+        "Counter of requests broken out for each verb, path, and response code.",
+        ("verb", "path", "code"),
+    ),
+    "pod_identity_webhook_pod_count": (
+        "Indicator to how many pods are using sts web identity or container credentials",
+        ("method",),
+    ),
+    "pod_identity_webhook_missing_sa_count": (
+        "Service account did not have the right annotations or was not found in the cache.",
+        (),
+    ),
+}
+
+
+class _ExactNameCounters(Collector):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _UPSTREAM_COUNTERS}
+
+    def inc(self, name: str, *labels: str) -> None:
+        with self._lock:
+            series = self._values[name]
+            series[labels] = series.get(labels, 0.0) + 1.0
+
+    def value(self, name: str, *labels: str) -> float:
+        return self._values[name].get(labels, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snapshot = {name: dict(series) for name, series in self._values.items()}
+        for name, (doc, label_names) in _UPSTREAM_COUNTERS.items():
+            metric = Metric(name, doc, "counter")
+            for labels, value in sorted(snapshot[name].items()):
+                metric.add_sample(name, dict(zip(label_names, labels, strict=True)), value)
+            if not label_names and not snapshot[name]:
+                metric.add_sample(name, {}, 0.0)  # expose the zero, as client_golang does
+            yield metric
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.counters = _ExactNameCounters()
+        self.registry.register(self.counters)
+        self._latency_us = Histogram(
+            "http_request_latencies",
+            "Response latency distribution in microseconds for each verb and path",
+            ("verb", "path"),
+            buckets=[125000.0 * 2**i for i in range(7)],
+            registry=self.registry,
+        )
+        self._duration_us = Summary(
+            "http_request_duration_microseconds",
+            "Response latency summary in microseconds for each verb and path.",
+            ("verb", "path"),
+            registry=self.registry,
+        )
+        self._latency_s = Histogram(
+            "pod_identity_webhook_request_duration_seconds",
+            "Time from request received to response written, in seconds, for each path",
+            ("path",),
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                1.0,
+            ),
+            registry=self.registry,
+        )
+        self.used = Gauge(
+            "pod_identity_webhook_used",
+            "Indicator to know pod identity webhook is used",
+            registry=self.registry,
+        )
+        self._service_accounts = Gauge(
+            "pod_identity_webhook_cached_service_accounts",
+            "ServiceAccounts in the identity cache",
+            registry=self.registry,
+        )
+        self._synced = Gauge(
+            "pod_identity_webhook_cache_synced",
+            "1 once every identity source has completed its initial sync",
+            registry=self.registry,
+        )
+
+    def track_cache(self, count: Callable[[], float], synced: Callable[[], bool]) -> None:
+        self._service_accounts.set_function(count)
+        self._synced.set_function(lambda: 1.0 if synced() else 0.0)
+
+    def observe_request(self, verb: str, path: str, code: int, seconds: float) -> None:
+        self.counters.inc("http_request_count", verb, path, str(code))
+        micros = seconds * 1e6
+        self._latency_us.labels(verb, path).observe(micros)
+        self._duration_us.labels(verb, path).observe(micros)
+        self._latency_s.labels(path).observe(seconds)
+
+    def pod_identity_applied(self, method: str) -> None:
+        self.counters.inc("pod_identity_webhook_pod_count", method)
+
+    def service_account_missing(self) -> None:
+        self.counters.inc("pod_identity_webhook_missing_sa_count")
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

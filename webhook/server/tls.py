@@ -1,0 +1,126 @@
+"""TLS for the webhook port: upstream's flag spellings, TLS 1.2+ by default, live reloading.
+
+The certificate is reloaded into the same SSLContext object the listener uses; OpenSSL copies
+the context's certificate into each new connection at accept time, so new handshakes see the
+new certificate while established connections are untouched. Reloads run on the event loop
+thread, the same thread that accepts connections, so they never race a handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+log = logging.getLogger("webhook.tls")
+
+TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "VersionTLS10": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "VersionTLS11": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "VersionTLS12": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+    "VersionTLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+# Go's cipher suite names (crypto/tls) → OpenSSL's. TLS 1.3 suites are accepted and, as in Go,
+# not configurable: they are always enabled when TLS 1.3 is.
+_TLS13_SUITES = frozenset(
+    {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+)
+GO_CIPHER_SUITES: dict[str, str] = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
+}
+
+
+class TLSConfigError(ValueError):
+    pass
+
+
+def parse_min_version(text: str) -> ssl.TLSVersion:
+    if text == "":
+        return ssl.TLSVersion.TLSv1_2
+    try:
+        return TLS_VERSIONS[text]
+    except KeyError:
+        raise TLSConfigError(
+            f"unsupported --tls-min-version {text!r} (use 1.0, 1.1, 1.2, 1.3 or VersionTLS12...)"
+        ) from None
+
+
+def openssl_ciphers(go_names: str) -> str | None:
+    """`--tls-cipher-suites` (comma-separated Go names) → an OpenSSL cipher string."""
+    names = [n.strip() for n in go_names.split(",") if n.strip()]
+    if not names:
+        return None
+    openssl: list[str] = []
+    for name in names:
+        if name in _TLS13_SUITES:
+            continue
+        try:
+            openssl.append(GO_CIPHER_SUITES[name])
+        except KeyError:
+            raise TLSConfigError(f"unsupported cipher suite: {name}") from None
+    return ":".join(openssl) if openssl else None
+
+
+def server_context(
+    cert: str, key: str, min_version: str = "", cipher_suites: str = ""
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    version = parse_min_version(min_version)
+    if version < ssl.TLSVersion.TLSv1_2:
+        # OpenSSL's default security level forbids TLS < 1.2; honour an explicit request.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = version
+    ciphers = openssl_ciphers(cipher_suites)
+    if ciphers:
+        try:
+            ctx.set_ciphers(ciphers + (":@SECLEVEL=0" if version < ssl.TLSVersion.TLSv1_2 else ""))
+        except ssl.SSLError as err:
+            raise TLSConfigError(f"this OpenSSL cannot use --tls-cipher-suites: {err}") from None
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise TLSConfigError(f"cannot load --tls-cert {cert} / --tls-key {key}: {err}") from None
+    return ctx
+
+
+class CertificateReloader:
+    """Re-reads the key pair into the live context; a half-rotated pair is retried later."""
+
+    def __init__(self, ctx: ssl.SSLContext, cert: str, key: str) -> None:
+        self.ctx, self.cert, self.key = ctx, cert, key
+        self.reloads = 0
+
+    def reload(self) -> None:
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        probe.load_cert_chain(self.cert, self.key)  # raises if the pair is mid-rotation
+        self.ctx.load_cert_chain(self.cert, self.key)
+        self.reloads += 1
+        log.info("reloaded serving certificate from %s", self.cert)

@@ -1,0 +1,1 @@
+"""Where identities come from: files (--objects, container credentials) and the Kubernetes API."""

@@ -1,0 +1,362 @@
+"""Live identity sources from the Kubernetes API: ServiceAccounts cluster-wide and, with
+--watch-config-map, the pod-identity-webhook ConfigMap.
+
+List + watch over raw JSON (no client model classes: they cost memory and time and we keep
+only names and prefixed annotations), resuming from the last resourceVersion, with bookmarks,
+a relist on 410 Gone or error, capped exponential backoff, and a periodic relist
+(--resync-period). Runs in daemon threads; writes go into the IdentityStore.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from webhook.core.configmap import EMPTY_INDEX, ConfigMapError, parse_config
+from webhook.core.settings import CONFIG_MAP_NAME
+from webhook.sources.store import IdentityStore, sa_key
+
+log = logging.getLogger("webhook.kube")
+
+PAGE_SIZE = 500
+WATCH_TIMEOUT_SECONDS = 300
+MAX_BACKOFF_SECONDS = 30.0
+FETCH_RATE_PER_SECOND = 10.0  # upstream's limiter for grace-period lookups: 10/s, burst 20
+FETCH_BURST = 20
+QPS = 50  # upstream's client QPS and burst
+
+
+class KubeSourceError(RuntimeError):
+    pass
+
+
+class _Gone(Exception):
+    """410: our resourceVersion is too old; relist."""
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.capacity = rate, float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                delay = (1 - self.tokens) / self.rate
+            time.sleep(delay)
+
+
+class KubeClient:
+    """Raw JSON GETs and watch streams through the kubernetes client's auth and TLS."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api = api_client
+        self.limiter = _TokenBucket(QPS, QPS)
+
+    def _get(
+        self, path: str, query: list[tuple[str, str]], timeout: float | tuple[float, float]
+    ) -> Any:
+        self.limiter.wait()
+        return self.api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=timeout,
+        )
+
+    def get_json(
+        self, path: str, query: list[tuple[str, str]] | None = None, timeout: float = 30.0
+    ) -> Any:
+        response = self._get(path, query or [], timeout)
+        try:
+            return orjson.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def watch(
+        self, path: str, query: list[tuple[str, str]], stop: threading.Event
+    ) -> Iterator[dict[str, Any]]:
+        response = self._get(
+            path, [*query, ("watch", "true")], (10.0, WATCH_TIMEOUT_SECONDS + 30.0)
+        )
+        buffer = b""
+        try:
+            for chunk in response.stream(64 * 1024, decode_content=True):
+                if stop.is_set():
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield orjson.loads(line)
+        finally:
+            response.release_conn()
+
+
+def _status_code(error: Exception) -> int | None:
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+class KubeSource:
+    def __init__(
+        self,
+        store: IdentityStore,
+        client: KubeClient,
+        config_map_namespace: str | None,
+        resync_seconds: float,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.config_map_namespace = config_map_namespace
+        self.resync_seconds = resync_seconds
+        self._stop = threading.Event()
+        self._sa_synced = threading.Event()
+        self._cm_synced = threading.Event()
+        if config_map_namespace is None:
+            self._cm_synced.set()
+        self._fetch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sa-fetch")
+        self._fetch_limiter = _TokenBucket(FETCH_RATE_PER_SECOND, FETCH_BURST)
+        self._fetching: set[str] = set()
+        self._fetch_lock = threading.Lock()
+        self.relists = 0
+
+    @classmethod
+    def connect(
+        cls,
+        store: IdentityStore,
+        *,
+        kubeconfig: str,
+        api_url: str,
+        config_map_namespace: str | None,
+        resync_seconds: float,
+    ) -> KubeSource:
+        """In-cluster config unless --kubeconfig or --kube-api is given (as upstream)."""
+        from kubernetes import client, config
+
+        try:
+            if kubeconfig or api_url:
+                configuration = client.Configuration()
+                if kubeconfig:
+                    config.load_kube_config(  # type: ignore[no-untyped-call]
+                        config_file=kubeconfig, client_configuration=configuration
+                    )
+                if api_url:
+                    configuration.host = api_url
+            else:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+                configuration = client.Configuration.get_default_copy()
+        except Exception as err:
+            where = kubeconfig or api_url or "in-cluster service account"
+            raise KubeSourceError(
+                f"cannot configure the Kubernetes client from {where}: {err}. Out of cluster, pass "
+                "--kubeconfig or --kube-api; without a cluster, use --objects"
+            ) from None
+        configuration.connection_pool_maxsize = 8
+        return cls(
+            store, KubeClient(client.ApiClient(configuration)), config_map_namespace, resync_seconds
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        threading.Thread(
+            target=self._run_loop, args=(self._service_accounts_once,), name="sa-watch", daemon=True
+        ).start()
+        if self.config_map_namespace is not None:
+            threading.Thread(
+                target=self._run_loop, args=(self._config_map_once,), name="cm-watch", daemon=True
+            ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+
+    def synced(self) -> bool:
+        return self._sa_synced.is_set() and self._cm_synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return self._sa_synced.wait(timeout) and self._cm_synced.wait(
+            max(0.0, deadline - time.monotonic())
+        )
+
+    def _run_loop(self, once: Callable[[], None]) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                once()
+                backoff = 0.5
+            except _Gone:
+                log.info("watch expired (410 Gone), relisting")
+                continue
+            except Exception as err:
+                if time.monotonic() - started > 30:
+                    backoff = 0.5  # it worked for a while: start the backoff afresh
+                delay = backoff * (1 + random.random() / 2)
+                log.warning("kubernetes watch failed, retrying in %.1fs: %s", delay, err)
+                self._stop.wait(delay)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    # -- ServiceAccounts --------------------------------------------------------------------
+
+    def _list_service_accounts(self) -> str:
+        accounts: list[tuple[str, str, dict[str, str] | None]] = []
+        continue_token = ""
+        while True:
+            query = [("limit", str(PAGE_SIZE))]
+            if continue_token:
+                query.append(("continue", continue_token))
+            page = self.client.get_json("/api/v1/serviceaccounts", query)
+            for item in page.get("items") or ():
+                meta = item.get("metadata") or {}
+                accounts.append(
+                    (meta.get("namespace", ""), meta.get("name", ""), meta.get("annotations"))
+                )
+            continue_token = (page.get("metadata") or {}).get("continue") or ""
+            if not continue_token:
+                break
+        self.store.replace_service_accounts(accounts)
+        self.relists += 1
+        self._sa_synced.set()
+        log.info(
+            "listed %d service accounts (%d with an identity)",
+            len(accounts),
+            self.store.identity_count,
+        )
+        return str((page.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _service_accounts_once(self) -> None:
+        """One list, then watches from its resourceVersion until the resync period ends."""
+        version = self._list_service_accounts()
+        relist_at = (
+            time.monotonic() + self.resync_seconds if self.resync_seconds > 0 else float("inf")
+        )
+        while not self._stop.is_set() and time.monotonic() < relist_at:
+            timeout = int(min(WATCH_TIMEOUT_SECONDS, max(1.0, relist_at - time.monotonic())))
+            query = [
+                ("resourceVersion", version),
+                ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", str(timeout)),
+            ]
+            for event in self.client.watch("/api/v1/serviceaccounts", query, self._stop):
+                version = self._apply_service_account_event(event) or version
+
+    def _apply_service_account_event(self, event: dict[str, Any]) -> str | None:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise KubeSourceError(f"watch error: {obj.get('message', obj)}")
+        meta = obj.get("metadata") or {}
+        if kind in ("ADDED", "MODIFIED"):
+            self.store.put_service_account(
+                meta.get("namespace", ""), meta.get("name", ""), meta.get("annotations")
+            )
+        elif kind == "DELETED":
+            self.store.delete_service_account(meta.get("namespace", ""), meta.get("name", ""))
+        version = meta.get("resourceVersion")
+        return str(version) if version else None
+
+    # -- the pod-identity-webhook ConfigMap -------------------------------------------------
+
+    def _apply_config_map(self, config_map: dict[str, Any] | None) -> None:
+        if config_map is None:
+            self.store.set_config_map(EMPTY_INDEX)  # deleted: forget every entry
+            return
+        data = config_map.get("data") or {}
+        try:
+            index = parse_config(data.get("config"), self.store.settings)
+        except ConfigMapError as err:
+            log.error(
+                "ConfigMap %s/%s rejected, keeping the previous entries: %s",
+                self.config_map_namespace,
+                CONFIG_MAP_NAME,
+                err,
+            )
+            return
+        for warning in index.warnings:
+            log.warning(warning)
+        self.store.set_config_map(index)
+
+    def _config_map_once(self) -> None:
+        namespace = quote(self.config_map_namespace or "", safe="")
+        path = f"/api/v1/namespaces/{namespace}/configmaps"
+        selector = ("fieldSelector", f"metadata.name={CONFIG_MAP_NAME}")
+        listing = self.client.get_json(path, [selector])
+        items = listing.get("items") or []
+        self._apply_config_map(items[0] if items else None)
+        self._cm_synced.set()
+        version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        while not self._stop.is_set():
+            query = [
+                selector,
+                ("resourceVersion", version),
+                ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", str(WATCH_TIMEOUT_SECONDS)),
+            ]
+            for event in self.client.watch(path, query, self._stop):
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise KubeSourceError(f"watch error: {obj.get('message', obj)}")
+                if kind in ("ADDED", "MODIFIED"):
+                    self._apply_config_map(obj)
+                elif kind == "DELETED":
+                    self._apply_config_map(None)
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+
+    # -- direct lookups during the grace period ---------------------------------------------
+
+    def request_fetch(self, namespace: str, name: str) -> None:
+        """Fetch one ServiceAccount now; one request in flight per key, rate limited."""
+        key = sa_key(namespace, name)
+        with self._fetch_lock:
+            if key in self._fetching:
+                return
+            self._fetching.add(key)
+        try:
+            self._fetch_pool.submit(self._fetch, namespace, name, key)
+        except RuntimeError:  # shutting down
+            with self._fetch_lock:
+                self._fetching.discard(key)
+
+    def _fetch(self, namespace: str, name: str, key: str) -> None:
+        try:
+            self._fetch_limiter.wait()
+            ns, sa = quote(namespace, safe=""), quote(name, safe="")
+            path = f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}"
+            obj = self.client.get_json(path, timeout=1.0)
+            if obj.get("kind") == "ServiceAccount":
+                meta = obj.get("metadata") or {}
+                self.store.put_service_account(namespace, name, meta.get("annotations"))
+        except Exception as err:
+            if _status_code(err) != 404:
+                log.warning("direct fetch of service account %s failed: %s", key, err)
+        finally:
+            with self._fetch_lock:
+                self._fetching.discard(key)

@@ -1,0 +1,140 @@
+"""The in-memory identity index every source writes into and every review reads from.
+
+Writers (file reloads, Kubernetes watch threads) replace whole values; readers do plain dict
+lookups. Under the GIL each single assignment is atomic, so no lock is needed on the hot path.
+Only the ServiceAccount annotations under the configured prefix are kept, parsed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from webhook.core.configmap import EMPTY_INDEX, ConfigMapIndex
+from webhook.core.identity import IdentityEntry, Lookup, entry_from_annotations
+from webhook.core.settings import MutationSettings
+
+log = logging.getLogger("webhook.store")
+
+ArrivalCallback = Callable[[str], None]
+
+
+def sa_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+class IdentityStore:
+    def __init__(self, settings: MutationSettings) -> None:
+        self.settings = settings
+        self._prefix = settings.annotation_key_prefix
+        # Most ServiceAccounts carry no identity annotation: they all share this one entry.
+        self._plain = entry_from_annotations({}, settings)
+        self._service_accounts: dict[str, IdentityEntry] = {}
+        self._config_map: ConfigMapIndex = EMPTY_INDEX
+        self._container_credentials: frozenset[tuple[str, str]] = frozenset()
+        self._arrival_lock = threading.Lock()
+        self._arrivals: dict[str, list[ArrivalCallback]] = {}
+
+    # -- reads (hot path) -------------------------------------------------------------------
+
+    def lookup(self, namespace: str, service_account: str) -> Lookup:
+        config_map = self._config_map
+        return Lookup(
+            service_account=self._service_accounts.get(f"{namespace}/{service_account}"),
+            config_map=config_map.lookup(namespace, service_account) if config_map else None,
+            config_map_exact=(
+                config_map.lookup_exact(namespace, service_account) if config_map else None
+            ),
+            container_credentials=(namespace, service_account) in self._container_credentials,
+        )
+
+    @property
+    def service_account_count(self) -> int:
+        return len(self._service_accounts)
+
+    @property
+    def identity_count(self) -> int:
+        plain = self._plain
+        return sum(1 for entry in self._service_accounts.values() if entry is not plain)
+
+    def snapshot(self) -> dict[str, object]:
+        """The cache as JSON-able data, for the opt-in debug handler."""
+        plain = self._plain
+        return {
+            "serviceAccounts": {
+                key: {
+                    "RoleARN": e.role_arn,
+                    "Audience": e.audience,
+                    "UseRegionalSTS": e.use_regional_sts,
+                    "TokenExpiration": e.token_expiration,
+                }
+                for key, e in self._service_accounts.items()
+                if e is not plain
+            },
+            "serviceAccountsWithoutRole": self.service_account_count - self.identity_count,
+            "configMapEntries": len(self._config_map),
+            "containerCredentials": sorted(f"{ns}/{sa}" for ns, sa in self._container_credentials),
+        }
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def entry_for(self, annotations: Mapping[str, str] | None) -> IdentityEntry:
+        relevant = {k: v for k, v in (annotations or {}).items() if k.startswith(self._prefix)}
+        return entry_from_annotations(relevant, self.settings) if relevant else self._plain
+
+    def put_service_account(
+        self, namespace: str, name: str, annotations: Mapping[str, str] | None
+    ) -> None:
+        key = sa_key(namespace, name)
+        self._service_accounts[key] = self.entry_for(annotations)
+        self._notify(key)
+
+    def delete_service_account(self, namespace: str, name: str) -> None:
+        self._service_accounts.pop(sa_key(namespace, name), None)
+
+    def replace_service_accounts(
+        self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]
+    ) -> None:
+        """Swap in a complete set (a relist or a file reload) in one assignment."""
+        fresh = {sa_key(ns, name): self.entry_for(ann) for ns, name, ann in accounts}
+        self._service_accounts = fresh
+        with self._arrival_lock:
+            waiting = [key for key in self._arrivals if key in fresh]
+        for key in waiting:
+            self._notify(key)
+
+    def set_config_map(self, index: ConfigMapIndex) -> None:
+        self._config_map = index
+
+    def set_container_credentials(self, identities: Iterable[tuple[str, str]]) -> None:
+        self._container_credentials = frozenset(identities)
+
+    def clear(self) -> None:
+        self._service_accounts = {}
+        self._config_map = EMPTY_INDEX
+
+    # -- arrival notifications (service-account lookup grace period) ------------------------
+
+    def subscribe(self, key: str, callback: ArrivalCallback) -> None:
+        with self._arrival_lock:
+            self._arrivals.setdefault(key, []).append(callback)
+
+    def unsubscribe(self, key: str, callback: ArrivalCallback) -> None:
+        with self._arrival_lock:
+            callbacks = self._arrivals.get(key)
+            if callbacks and callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._arrivals[key]
+
+    def _notify(self, key: str) -> None:
+        if not self._arrivals:  # unlocked fast check: no one waits on nearly every write
+            return
+        with self._arrival_lock:
+            callbacks = self._arrivals.pop(key, [])
+        for callback in callbacks:
+            try:
+                callback(key)
+            except Exception:  # a waiter's failure must not break the writer (a watch thread)
+                log.exception("service account arrival callback failed")
