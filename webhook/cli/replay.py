@@ -186,6 +186,21 @@ def _diff(case: Case, before: Any, after: Any) -> str:
     return diff if diff.endswith("\n") else diff + "\n"
 
 
+def _readable(response: dict[str, Any]) -> list[str]:
+    """Pretty lines with the patch decoded, so a mismatch shows which operation differs."""
+    shown = dict(response)
+    inner = dict(shown.get("response") or {})
+    if isinstance(inner.get("patch"), str):
+        try:
+            inner["patch"] = orjson.loads(base64.b64decode(inner["patch"]))
+        except ValueError:
+            pass
+    shown["response"] = inner
+    return (
+        orjson.dumps(shown, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode().splitlines()
+    )
+
+
 def build_store(args: argparse.Namespace) -> IdentityStore:
     settings = flags.settings_from_args(args)
     store = IdentityStore(settings)
@@ -241,16 +256,7 @@ def run(args: argparse.Namespace) -> int:
         expected = orjson.loads(expected_file.read_bytes())
         if expected != response:
             failures += 1
-            exp = (
-                orjson.dumps(expected, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-                .decode()
-                .splitlines()
-            )
-            got = (
-                orjson.dumps(response, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-                .decode()
-                .splitlines()
-            )
+            exp, got = _readable(expected), _readable(response)
             diff = "\n".join(difflib.unified_diff(exp, got, "expected", "actual", lineterm=""))
             print(f"DIFFERENT {case.name}:\n{diff}", file=sys.stderr)
     if count == 0:

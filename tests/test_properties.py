@@ -1,0 +1,120 @@
+"""Properties over generated pods: the patch applies, keeps every original field, and is
+idempotent. Pods carry arbitrary extra fields at every level we touch."""
+
+import copy
+from typing import Any
+
+import jsonpatch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook.core.settings import MutationSettings
+
+from .builders import plan, web_identity
+
+names = st.sampled_from(["app", "side", "init", "a b", "x/y", "~0"])
+env_names = st.sampled_from(
+    [
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_STS_REGIONAL_ENDPOINTS",
+        "OTHER",
+    ]
+)
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5))
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+extra = st.dictionaries(
+    st.sampled_from(["future", "restartPolicy", "x-unknown", "resizePolicy"]),
+    json_value,
+    max_size=2,
+)
+
+
+@st.composite
+def containers(draw: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": draw(names), "image": "img", **draw(extra)}
+    if draw(st.booleans()):
+        c["env"] = [
+            {"name": n, "value": "v", **draw(extra)} for n in draw(st.lists(env_names, max_size=4))
+        ]
+    if draw(st.booleans()):
+        c["volumeMounts"] = [
+            {"name": n, "mountPath": "/m"}
+            for n in draw(st.lists(st.sampled_from(["aws-iam-token", "data"]), max_size=2))
+        ]
+    return c
+
+
+@st.composite
+def pods(draw: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "serviceAccountName": "app",
+        "containers": draw(st.lists(containers(), min_size=1, max_size=3)),
+        **draw(extra),
+    }
+    if draw(st.booleans()):
+        spec["initContainers"] = draw(st.lists(containers(), max_size=2))
+    if draw(st.booleans()):
+        spec["volumes"] = [
+            {"name": n, "emptyDir": {}}
+            for n in draw(st.lists(st.sampled_from(["aws-iam-token", "data"]), max_size=2))
+        ]
+    meta: dict[str, Any] = {"name": "p", **draw(extra)}
+    if draw(st.booleans()):
+        meta["annotations"] = {
+            "eks.amazonaws.com/skip-containers": draw(
+                st.sampled_from(["app", "side,init", '"a b"', 'bad"'])
+            )
+        }
+    if draw(st.booleans()):
+        meta["labels"] = {"app": "x"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, **draw(extra)}
+
+
+SETTINGS = st.builds(
+    MutationSettings,
+    aws_default_region=st.sampled_from(["", "eu-west-1"]),
+    sts_regional_endpoint=st.booleans(),
+)
+
+
+def _contains(original: Any, result: Any) -> bool:
+    """Every field of `original` is in `result` unchanged; lists may only grow at the end
+    (or, for volumes, at the front)."""
+    if isinstance(original, dict):
+        return isinstance(result, dict) and all(
+            k in result and _contains(v, result[k]) for k, v in original.items()
+        )
+    if isinstance(original, list):
+        if not isinstance(result, list) or len(result) < len(original):
+            return False
+        n = len(original)
+
+        def matches(window: list[Any]) -> bool:
+            return all(_contains(o, r) for o, r in zip(original, window, strict=True))
+
+        # env and mounts grow at the end, volumes at the front (as upstream)
+        return matches(result[:n]) or matches(result[len(result) - n :])
+    return bool(original == result) and type(original) is type(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pods(), SETTINGS)
+def test_patch_applies_preserves_everything_and_is_idempotent(
+    p: dict[str, Any], mutation: MutationSettings
+) -> None:
+    identity = web_identity(mutation)
+    original = copy.deepcopy(p)
+    ops = plan(p, identity, mutation).operations
+    assert p == original, "planning must not modify its input"
+    mutated = jsonpatch.apply_patch(p, ops)
+    assert _contains(original, mutated)
+    assert plan(mutated, identity, mutation).operations == []
