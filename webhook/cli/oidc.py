@@ -1,0 +1,188 @@
+"""`pod-identity-webhook oidc`: publish and check a self-hosted service-account issuer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from webhook.cli import UsageError
+from webhook.toolkit import jwks, oidc
+from webhook.toolkit.render import (
+    Finding,
+    InputError,
+    format_finding,
+    format_summary,
+    has_errors,
+    parse_json,
+    summarize,
+    to_json,
+)
+
+HELP = "self-hosted OIDC issuer: JWKS from keys, discovery document, consistency check"
+
+
+def _output_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), json for scripts",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    keys = sub.add_parser(
+        "keys",
+        help="JWKS (keys.json) from PEM public or private keys",
+        description="Print the JWKS for the given keys, with kube-apiserver's key IDs. Give "
+        "several keys (old and new) to publish a rotation.",
+    )
+    keys.add_argument(
+        "--public-key",
+        action="append",
+        required=True,
+        metavar="FILE",
+        dest="public_keys",
+        help="PEM public key, private key or certificate (repeatable)",
+    )
+    keys.add_argument(
+        "--include-empty-kid",
+        action="store_true",
+        help="also publish each key without kid, for tokens minted before Kubernetes 1.16",
+    )
+    _output_flag(keys)
+
+    discovery = sub.add_parser(
+        "discovery",
+        help="OIDC discovery document (.well-known/openid-configuration)",
+    )
+    discovery.add_argument(
+        "--issuer",
+        required=True,
+        metavar="URL",
+        help="exactly kube-apiserver's --service-account-issuer",
+    )
+    discovery.add_argument("--jwks-uri", metavar="URL", help="default: <issuer>/keys.json")
+    discovery.add_argument(
+        "--alg",
+        action="append",
+        dest="algs",
+        metavar="ALG",
+        help="signing algorithm to advertise (repeatable; default RS256, or from --public-key)",
+    )
+    discovery.add_argument(
+        "--public-key",
+        action="append",
+        dest="public_keys",
+        metavar="FILE",
+        help="advertise the algorithms of these keys (repeatable)",
+    )
+    _output_flag(discovery)
+
+    check = sub.add_parser(
+        "check",
+        help="check an issuer's discovery document, JWKS and optionally a token",
+    )
+    check.add_argument("--issuer", required=True, metavar="URL")
+    check.add_argument("--jwks", required=True, metavar="FILE")
+    check.add_argument("--discovery", required=True, metavar="FILE")
+    check.add_argument("--token", metavar="FILE", help="a token that must verify (- for stdin)")
+    _output_flag(check)
+
+
+def read_file(path: str, what: str) -> bytes:
+    """File contents (`-` is stdin); UsageError naming the file on failure."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def load_keys(paths: list[str]) -> list[jwks.PublicKey]:
+    keys: list[jwks.PublicKey] = []
+    for path in paths:
+        try:
+            keys += jwks.load_public_keys(read_file(path, "key file"), path)
+        except InputError as err:
+            raise UsageError(str(err)) from None
+    return keys
+
+
+def _keys(args: argparse.Namespace) -> int:
+    keys = load_keys(args.public_keys)
+    document = jwks.build_jwks(keys, include_empty_kid=args.include_empty_kid)
+    print(to_json(document))
+    if args.output == "text":
+        # stdout stays a pure JWKS (so `> keys.json` works); the summary goes to stderr.
+        seen: set[str] = set()
+        for key in keys:
+            kid = jwks.key_id(key)
+            if kid not in seen:
+                seen.add(kid)
+                print(
+                    f"# kid {kid}  {jwks.describe_key(key)}, {jwks.signing_algorithm(key)}",
+                    file=sys.stderr,
+                )
+        if len(seen) < len(keys):
+            print(f"# {len(keys) - len(seen)} duplicate key(s) dropped", file=sys.stderr)
+    return 0
+
+
+def _discovery(args: argparse.Namespace) -> int:
+    algorithms = list(args.algs or [])
+    if args.public_keys:
+        algorithms += oidc.algorithms_for_keys(load_keys(args.public_keys))
+    try:
+        document = oidc.discovery_document(
+            args.issuer, jwks_uri=args.jwks_uri, algorithms=algorithms or ["RS256"]
+        )
+    except InputError as err:
+        raise UsageError(str(err)) from None
+    print(to_json(document))
+    return 0
+
+
+def render_findings(findings: list[Finding], ok_message: str) -> None:
+    for finding in findings:
+        print(format_finding(finding))
+    if not any(f.severity.value != "info" for f in findings):
+        print(ok_message)
+    print(format_summary(findings))
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        discovery = parse_json(read_file(args.discovery, "discovery document"), args.discovery)
+        jwks_document = parse_json(read_file(args.jwks, "JWKS"), args.jwks)
+        token = None
+        if args.token:
+            token = read_file(args.token, "token").decode("utf-8", "replace")
+        findings = oidc.check_issuer(args.issuer, discovery, jwks_document, token=token)
+    except InputError as err:
+        raise UsageError(str(err)) from None
+    failed = has_errors(findings)
+    if args.output == "json":
+        print(
+            to_json(
+                {
+                    "ok": not failed,
+                    "issuer": args.issuer,
+                    "findings": [f.to_dict() for f in findings],
+                    "summary": summarize(findings),
+                }
+            )
+        )
+    else:
+        print(f"issuer {args.issuer}")
+        render_findings(findings, "no problems found")
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {"keys": _keys, "discovery": _discovery, "check": _check}
+    return handlers[args.subcommand](args)
