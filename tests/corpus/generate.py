@@ -483,7 +483,7 @@ def all_cases() -> list[dict[str, Any]]:
             "configmap",
             pod(),
             {},
-            config_map={"{ns}/app": {"RoleARN": ROLE}},
+            config_map={"{ns}/app": {"RoleARN": ROLE, "Audience": "sts.amazonaws.com"}},
             describe="ConfigMap exact key",
         ),
         case(
@@ -491,7 +491,7 @@ def all_cases() -> list[dict[str, Any]]:
             "configmap",
             pod(),
             {},
-            config_map={"*/app-star": {"RoleARN": ROLE}},
+            config_map={"*/app-star": {"RoleARN": ROLE, "Audience": "sts.amazonaws.com"}},
             sa_name="app-star",
             describe="ConfigMap * namespace",
         ),

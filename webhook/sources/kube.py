@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+import urllib3
 
 from webhook.core.configmap import EMPTY_INDEX, ConfigMapError, parse_config
 from webhook.core.settings import CONFIG_MAP_NAME
@@ -62,42 +63,87 @@ class _TokenBucket:
             time.sleep(delay)
 
 
+class KubeAPIError(KubeSourceError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class KubeClient:
-    """Raw JSON GETs and watch streams through the kubernetes client's auth and TLS."""
+    """Raw JSON requests and watch streams through the kubernetes client's auth and TLS."""
 
     def __init__(self, api_client: Any) -> None:
         self.api = api_client
         self.limiter = _TokenBucket(QPS, QPS)
 
-    def _get(
-        self, path: str, query: list[tuple[str, str]], timeout: float | tuple[float, float]
+    def open(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        timeout: float | tuple[float, float],
+        body: bytes | None = None,
+        content_type: str = "application/json",
     ) -> Any:
+        """An unread urllib3 response the caller releases; KubeAPIError for HTTP >= 400."""
         self.limiter.wait()
-        return self.api.call_api(
-            path,
-            "GET",
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        # param_serialize applies the configured auth (bearer token, refreshed when the
+        # configuration has a refresh hook); client certificates live in the pool manager.
+        _, url, headers, _, _ = self.api.param_serialize(
+            method=method,
+            resource_path=path,
             query_params=query,
-            header_params={"Accept": "application/json"},
+            header_params=headers,
             auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
-            _request_timeout=timeout,
         )
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        response = self.api.rest_client.pool_manager.request(
+            method,
+            url,
+            headers=headers,
+            body=body,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=connect, read=read),
+        )
+        if response.status >= 400:
+            try:
+                detail = response.read()[:500].decode(errors="replace")
+            finally:
+                response.release_conn()
+            raise KubeAPIError(
+                response.status, f"{method} {path}: HTTP {response.status}: {detail}"
+            )
+        return response
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        response = self.open(method, path, query or [], timeout, data, content_type)
+        try:
+            return orjson.loads(response.read())
+        finally:
+            response.release_conn()
 
     def get_json(
         self, path: str, query: list[tuple[str, str]] | None = None, timeout: float = 30.0
     ) -> Any:
-        response = self._get(path, query or [], timeout)
-        try:
-            return orjson.loads(response.data)
-        finally:
-            response.release_conn()
+        return self.request_json("GET", path, query, timeout=timeout)
 
     def watch(
         self, path: str, query: list[tuple[str, str]], stop: threading.Event
     ) -> Iterator[dict[str, Any]]:
-        response = self._get(
-            path, [*query, ("watch", "true")], (10.0, WATCH_TIMEOUT_SECONDS + 30.0)
+        response = self.open(
+            "GET", path, [*query, ("watch", "true")], (10.0, WATCH_TIMEOUT_SECONDS + 30.0)
         )
         buffer = b""
         try:
