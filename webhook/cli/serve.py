@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         background=jobs,
     )
     log.info(
-        "listening on %s:%d (https) and :%d (metrics)",
+        "starting listeners on %s:%d (https) and :%d (metrics)",
         args.bind_address,
         args.port,
         args.metrics_port,

@@ -7,7 +7,7 @@ upstream counters are therefore exposed by a small collector that writes their e
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,8 +19,6 @@ from prometheus_client import (
     Summary,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -40,7 +38,14 @@ _UPSTREAM_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class _ExactNameCounters(Collector):
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _ExactNameCounters:
+    """Counters written in the text format by hand: prometheus_client would declare them
+    as `<name>_total` in HELP/TYPE, which changes their family name for every parser."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _UPSTREAM_COUNTERS}
@@ -53,16 +58,22 @@ class _ExactNameCounters(Collector):
     def value(self, name: str, *labels: str) -> float:
         return self._values[name].get(labels, 0.0)
 
-    def collect(self) -> Iterator[Metric]:
+    def exposition(self) -> bytes:
         with self._lock:
             snapshot = {name: dict(series) for name, series in self._values.items()}
+        lines: list[str] = []
         for name, (doc, label_names) in _UPSTREAM_COUNTERS.items():
-            metric = Metric(name, doc, "counter")
-            for labels, value in sorted(snapshot[name].items()):
-                metric.add_sample(name, dict(zip(label_names, labels, strict=True)), value)
-            if not label_names and not snapshot[name]:
-                metric.add_sample(name, {}, 0.0)  # expose the zero, as client_golang does
-            yield metric
+            lines.append(f"# HELP {name} {doc}")
+            lines.append(f"# TYPE {name} counter")
+            series = snapshot[name] or ({(): 0.0} if not label_names else {})
+            for labels, value in sorted(series.items()):
+                # Label names sorted, as client_golang writes them.
+                pairs = ",".join(
+                    f'{key}="{_escape(val)}"'
+                    for key, val in sorted(zip(label_names, labels, strict=True))
+                )
+                lines.append(f"{name}{{{pairs}}} {value!r}" if pairs else f"{name} {value!r}")
+        return ("\n".join(lines) + "\n").encode()
 
 
 class Metrics:
@@ -71,7 +82,6 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.counters = _ExactNameCounters()
-        self.registry.register(self.counters)
         self._latency_us = Histogram(
             "http_request_latencies",
             "Response latency distribution in microseconds for each verb and path",
@@ -139,4 +149,4 @@ class Metrics:
         self.counters.inc("pod_identity_webhook_missing_sa_count")
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.counters.exposition() + generate_latest(self.registry)

@@ -1,0 +1,378 @@
+"""The webhook server as a real subprocess, for tests that speak real TLS to it.
+
+`running_webhook(...)` starts `python -m webhook serve` on free loopback ports with a
+certificate made by `webhook.certs`, waits (with a deadline) until both listeners answer,
+and always terminates the process afterwards. The server's stderr goes to a file so tests
+can read its logs while it runs; on teardown the log is written to stderr, which pytest
+shows with the report of a failed test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from webhook import certs
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+ROLE_ARN = "arn:aws:iam::111122223333:role/app"
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- polling
+
+
+def wait_until(
+    probe: Callable[[], _T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+) -> _T:
+    """Call `probe` until it returns something other than None/False; fail after `timeout`.
+
+    Exceptions raised by `probe` count as "not yet"; the last one is reported on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+        except Exception as err:
+            last_error = err
+        else:
+            if value is not None and value is not False:
+                return value
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    ca: certs.CertKeyPair
+    serving: certs.CertKeyPair
+    ca_cert: Path
+    tls_cert: Path
+    tls_key: Path
+
+
+def new_pair(
+    ca: certs.CertKeyPair | None = None, ca_name: str = "webhook-test-ca"
+) -> tuple[certs.CertKeyPair, certs.CertKeyPair]:
+    """(CA, serving certificate for DNS `localhost` and IP 127.0.0.1)."""
+    ca = ca or certs.generate_ca(ca_name, 2)
+    return ca, certs.generate_serving_cert(ca, ["localhost"], [HOST], 1)
+
+
+def make_certs(directory: Path, ca_name: str = "webhook-test-ca") -> CertFiles:
+    ca, serving = new_pair(ca_name=ca_name)
+    paths = certs.write_bundle(directory, ca, serving)
+    return CertFiles(ca, serving, paths.ca_cert, paths.tls_cert, paths.tls_key)
+
+
+def client_context(
+    ca_pem: bytes,
+    *,
+    minimum_version: ssl.TLSVersion | None = None,
+    maximum_version: ssl.TLSVersion | None = None,
+) -> ssl.SSLContext:
+    """A verifying client context trusting only `ca_pem`."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    if minimum_version is not None:
+        ctx.minimum_version = minimum_version
+    if maximum_version is not None:
+        ctx.maximum_version = maximum_version
+    return ctx
+
+
+# --------------------------------------------------------------------------- objects & reviews
+
+
+def service_account(
+    name: str, namespace: str = "default", annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
+def write_objects(path: Path, items: Sequence[dict[str, Any]]) -> None:
+    """Write a `kind: List` (JSON is YAML) atomically, as an editor or kubectl would."""
+    data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)})
+    certs.write_file_atomic(path, data, 0o644)
+
+
+def pod(
+    service_account_name: str = "app",
+    name: str = "pod-1",
+    env: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app", "image": "busybox"}
+    if env:
+        container["env"] = list(env)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"serviceAccountName": service_account_name, "containers": [container]},
+    }
+
+
+def admission_review(
+    obj: Any,
+    *,
+    uid: str = "uid-1",
+    namespace: str = "default",
+    version: str = "admission.k8s.io/v1",
+    operation: str = "CREATE",
+    kind: str = "Pod",
+    group: str = "",
+    resource: str = "pods",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": version,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": obj,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerExited(AssertionError):
+    pass
+
+
+@dataclass
+class WebhookProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    ca_pem: bytes
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://{HOST}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[str]:
+        return self.log_text().splitlines()
+
+    def client(self, ca_pem: bytes | None = None, **kwargs: Any) -> httpx.Client:
+        """An HTTPS client for the webhook port verifying against the CA (default: the one
+        the server started with)."""
+        kwargs.setdefault("timeout", 10.0)
+        return httpx.Client(
+            base_url=self.url, verify=client_context(ca_pem or self.ca_pem), **kwargs
+        )
+
+    def metrics_client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 10.0)
+        return httpx.Client(base_url=self.metrics_url, **kwargs)
+
+    def _probe_ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise ServerExited(f"server exited with code {self.proc.returncode} while starting")
+        try:
+            with self.client(timeout=2.0) as https, self.metrics_client(timeout=2.0) as plain:
+                return (
+                    https.get("/healthz").status_code == 200
+                    and plain.get("/metrics").status_code == 200
+                )
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._probe_ready():
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"server not ready within {timeout:.0f}s; log:\n{self.log_text()}"
+                )
+            time.sleep(0.05)
+
+    def send_signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+def serve_command(
+    *,
+    port: int,
+    metrics_port: int,
+    tls_cert: Path,
+    tls_key: Path,
+    objects: Path,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "webhook",
+        "serve",
+        "--bind-address",
+        HOST,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--tls-cert",
+        str(tls_cert),
+        "--tls-key",
+        str(tls_key),
+        "--objects",
+        str(objects),
+        "-v=4",
+        *extra_args,
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_webhook(
+    *,
+    tls_cert: Path,
+    tls_key: Path,
+    ca_pem: bytes,
+    objects: Path,
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+    attempts: int = 3,
+) -> WebhookProcess:
+    """Start and wait until ready; retries on fresh ports if another process took ours."""
+    for attempt in range(1, attempts + 1):
+        port, metrics_port = free_port(), free_port()
+        command = serve_command(
+            port=port,
+            metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            objects=objects,
+            extra_args=extra_args,
+        )
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(
+                command, cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT
+            )
+        server = WebhookProcess(proc, port, metrics_port, ca_pem, log_path)
+        try:
+            server.wait_ready()
+            return server
+        except ServerExited:
+            if attempt < attempts and "address already in use" in server.log_text().lower():
+                continue
+            raise AssertionError(
+                f"server exited with code {proc.returncode} while starting; log:\n"
+                f"{server.log_text()}"
+            ) from None
+        except BaseException:
+            server.stop()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def running_webhook(
+    *,
+    tls_cert: Path,
+    tls_key: Path,
+    ca_pem: bytes,
+    objects: Path,
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+) -> Iterator[WebhookProcess]:
+    """A started server, always terminated afterwards; its log is echoed to stderr (shown by
+    pytest for failing tests)."""
+    server = start_webhook(
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        ca_pem=ca_pem,
+        objects=objects,
+        log_path=log_path,
+        extra_args=extra_args,
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+        print(f"--- webhook server log ({log_path}) ---", file=sys.stderr)
+        print(server.log_text(), file=sys.stderr)
+
+
+def run_serve_expecting_exit(
+    *,
+    tls_cert: Path,
+    tls_key: Path,
+    objects: Path,
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run `serve` that is expected to refuse its configuration and exit on its own."""
+    command = serve_command(
+        port=free_port(),
+        metrics_port=free_port(),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        objects=objects,
+        extra_args=extra_args,
+    )
+    return subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
