@@ -118,3 +118,57 @@ def test_patch_applies_preserves_everything_and_is_idempotent(
     mutated = jsonpatch.apply_patch(p, ops)
     assert _contains(original, mutated)
     assert plan(mutated, identity, mutation).operations == []
+
+
+reviewish = st.fixed_dictionaries(
+    {},
+    optional={
+        "apiVersion": st.sampled_from(["admission.k8s.io/v1", "admission.k8s.io/v1beta1", "x"]),
+        "kind": st.sampled_from(["AdmissionReview", "Pod", ""]),
+        "request": st.one_of(
+            json_value,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "uid": json_value,
+                    "kind": st.one_of(
+                        json_value, st.just({"group": "", "version": "v1", "kind": "Pod"})
+                    ),
+                    "namespace": st.one_of(json_value, st.just("default")),
+                    "operation": st.sampled_from(["CREATE", "UPDATE", 3]),
+                    "subResource": json_value,
+                    "object": st.one_of(json_value, pods()),
+                },
+            ),
+        ),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(reviewish, json_value))
+def test_any_json_body_gets_a_well_formed_answer_and_never_raises(body: Any) -> None:
+    import json
+
+    from webhook.review import review
+
+    from .builders import store_with
+
+    store = store_with(app={"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/app"})
+    answer = json.loads(review(json.dumps(body).encode(), store, store.settings).body)
+    assert answer["kind"] == "AdmissionReview"
+    assert isinstance(answer["response"]["allowed"], bool)
+    assert isinstance(answer["response"]["uid"], str)
+    if not answer["response"]["allowed"]:
+        assert answer["response"]["status"]["message"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_answered_not_raised(body: bytes) -> None:
+    from webhook.review import review
+
+    from .builders import store_with
+
+    store = store_with()
+    assert review(body, store, store.settings).body.startswith(b'{"apiVersion"')
