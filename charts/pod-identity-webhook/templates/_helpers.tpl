@@ -1,0 +1,203 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{- define "piw.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "piw.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "piw.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "piw.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "piw.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "piw.labels" -}}
+helm.sh/chart: {{ include "piw.chart" . }}
+{{ include "piw.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: webhook
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "piw.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "piw.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create=false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "piw.image" -}}
+{{- $repo := .Values.image.repository -}}
+{{- if .Values.image.registry -}}
+{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret holding tls.crt/tls.key that the Deployment mounts. */}}
+{{- define "piw.tlsSecretName" -}}
+{{- if eq .Values.tls.mode "existingSecret" -}}
+{{- required "tls.existingSecret.name is required when tls.mode=existingSecret" .Values.tls.existingSecret.name -}}
+{{- else -}}
+{{- printf "%s-tls" (include "piw.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DNS names the serving certificate must carry (Service name forms). */}}
+{{- define "piw.serviceDNSNames" -}}
+{{- $svc := include "piw.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
+{{- end -}}
+
+{{/* Name of the ConfigMap holding the container-credentials identities file. */}}
+{{- define "piw.containerCredentialsConfigMap" -}}
+{{- default (printf "%s-container-credentials" (include "piw.fullname" .)) .Values.containerCredentials.existingConfigMap -}}
+{{- end -}}
+
+{{- define "piw.containerCredentialsDir" -}}
+/etc/webhook/container-credentials
+{{- end -}}
+
+{{/* A user CA bundle, as base64 of PEM (accepts PEM or already-encoded input). */}}
+{{- define "piw.userCABundle" -}}
+{{- $ca := .Values.webhook.caBundle | trim -}}
+{{- if contains "-----BEGIN" $ca -}}
+{{- printf "%s\n" $ca | b64enc -}}
+{{- else -}}
+{{- $ca -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Self-signed CA and serving certificate as a dict {ca.crt, tls.crt, tls.key} (base64).
+An existing Secret from an earlier install is reused so the CA, and so the caBundle the API
+server trusts, survive `helm upgrade`. Only call it once per render (see webhook.yaml).
+*/}}
+{{- define "piw.selfSignedTLS" -}}
+{{- $secretName := include "piw.tlsSecretName" . -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName -}}
+{{- $data := dict -}}
+{{- if $existing -}}
+{{- $data = $existing.data | default dict -}}
+{{- end -}}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
+{{- dict "ca.crt" (index $data "ca.crt") "tls.crt" (index $data "tls.crt") "tls.key" (index $data "tls.key") | toJson -}}
+{{- else -}}
+{{- $days := int .Values.tls.selfSigned.validityDays -}}
+{{- $ca := genCA (printf "%s-ca" (include "piw.fullname" .)) $days -}}
+{{- $dns := include "piw.serviceDNSNames" . | fromJsonArray -}}
+{{- $cn := printf "%s.%s.svc" (include "piw.fullname" .) .Release.Namespace -}}
+{{- $cert := genSignedCert $cn nil $dns $days $ca -}}
+{{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Validation of value combinations the schema cannot express. */}}
+{{- define "piw.validate" -}}
+{{- if and (not .Values.deployment.enabled) (not .Values.webhook.url) -}}
+{{- fail "deployment.enabled=false needs webhook.url: the MutatingWebhookConfiguration would point at a Service with no pods" -}}
+{{- end -}}
+{{- if and (eq .Values.tls.mode "existingSecret") (not .Values.webhook.caBundle) -}}
+{{- fail "tls.mode=existingSecret needs webhook.caBundle (the CA that signed the Secret's certificate)" -}}
+{{- end -}}
+{{- if and .Values.webhook.url (not .Values.deployment.enabled) (not .Values.webhook.caBundle) -}}
+{{- fail "webhook.url with deployment.enabled=false needs webhook.caBundle (the CA of the external webhook's certificate)" -}}
+{{- end -}}
+{{- if and .Values.config.awsAccountId (not .Values.config.composeRoleArn) -}}
+{{- fail "config.awsAccountId only applies with config.composeRoleArn=true" -}}
+{{- end -}}
+{{- if and .Values.containerCredentials.enabled (not .Values.containerCredentials.existingConfigMap) (not .Values.containerCredentials.identities) -}}
+{{- fail "containerCredentials.enabled needs containerCredentials.identities or containerCredentials.existingConfigMap" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The webhook's command-line flags, one YAML list item per line, pflag syntax. */}}
+{{- define "piw.args" -}}
+{{- $c := .Values.config -}}
+- serve
+- --in-cluster=false
+- {{ printf "--port=%d" (int $c.port) | quote }}
+- {{ printf "--metrics-port=%d" (int $c.metricsPort) | quote }}
+- --tls-cert=/etc/webhook/certs/tls.crt
+- --tls-key=/etc/webhook/certs/tls.key
+- {{ printf "--tls-min-version=%s" $c.tlsMinVersion | quote }}
+{{- with $c.tlsCipherSuites }}
+- {{ printf "--tls-cipher-suites=%s" (join "," .) | quote }}
+{{- end }}
+- {{ printf "--namespace=%s" .Release.Namespace | quote }}
+- {{ printf "--service-name=%s" (include "piw.fullname" .) | quote }}
+- {{ printf "--annotation-prefix=%s" $c.annotationPrefix | quote }}
+- {{ printf "--token-audience=%s" $c.tokenAudience | quote }}
+- {{ printf "--token-mount-path=%s" $c.tokenMountPath | quote }}
+- {{ printf "--token-expiration=%d" (int64 $c.tokenExpiration) | quote }}
+{{- with $c.awsDefaultRegion }}
+- {{ printf "--aws-default-region=%s" . | quote }}
+{{- end }}
+- {{ printf "--sts-regional-endpoint=%t" $c.stsRegionalEndpoint | quote }}
+- {{ printf "--watch-config-map=%t" .Values.watchConfigMap.enabled | quote }}
+{{- if $c.composeRoleArn }}
+- --compose-role-arn=true
+{{- with $c.awsAccountId }}
+- {{ printf "--aws-account-id=%s" (toString .) | quote }}
+{{- end }}
+{{- end }}
+{{- with $c.awsPartition }}
+- {{ printf "--aws-partition=%s" . | quote }}
+{{- end }}
+{{- if .Values.containerCredentials.enabled }}
+{{- $cc := .Values.containerCredentials }}
+- {{ printf "--watch-container-credentials-config=%s/config.json" (include "piw.containerCredentialsDir" .) | quote }}
+- {{ printf "--container-credentials-audience=%s" $cc.audience | quote }}
+- {{ printf "--container-credentials-token-mount-path=%s" $cc.tokenMountPath | quote }}
+- {{ printf "--container-credentials-token-volume-name=%s" $cc.tokenVolumeName | quote }}
+- {{ printf "--container-credentials-token-path=%s" $cc.tokenPath | quote }}
+- {{ printf "--container-credentials-full-uri=%s" $cc.fullUri | quote }}
+{{- end }}
+{{- with $c.serviceAccountLookupGracePeriod }}
+- {{ printf "--service-account-lookup-grace-period=%s" . | quote }}
+{{- end }}
+{{- with $c.resyncPeriod }}
+- {{ printf "--resync-period=%s" . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $c.maxRequestBytes) }}
+- {{ printf "--max-request-bytes=%d" (int64 $c.maxRequestBytes) | quote }}
+{{- end }}
+{{- if $c.enableDebuggingHandlers }}
+- --enable-debugging-handlers=true
+{{- end }}
+{{- with $c.kubeconfig }}
+- {{ printf "--kubeconfig=%s" . | quote }}
+{{- end }}
+{{- with $c.kubeApi }}
+- {{ printf "--kube-api=%s" . | quote }}
+{{- end }}
+- {{ printf "--log-format=%s" $c.logFormat | quote }}
+- {{ printf "--v=%d" (int $c.logLevel) | quote }}
+{{- range $c.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,1267 @@
+"""The Helm chart: lint, schema, and the objects `helm template` renders for each ci/ file.
+
+helm is found through $PIW_HELM (the binary or its directory), $PIW_E2E_TOOLS_DIR, then PATH,
+then the directory that `bash e2e/tools/build.sh` prints last. Without any of them (build.sh
+missing, or exiting 3 for "no Go"), the tests that need helm are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+import webhook
+from webhook.cli import serve
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "pod-identity-webhook"
+CI_DIR = CHART / "ci"
+RELEASE = "piw"
+NAMESPACE = "piw-system"
+FULLNAME = "piw-pod-identity-webhook"
+TLS_SECRET = f"{FULLNAME}-tls"
+SKIP_LABEL = "eks.amazonaws.com/skip-pod-identity-webhook"
+# e2e/tools/build.sh's exit status for "no Go and no prebuilt binaries".
+EXIT_TOOLS_UNAVAILABLE = 3
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+
+# helm may be built from source on first use: allow for it.
+pytestmark = pytest.mark.timeout(1800)
+
+Obj = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helm discovery
+
+
+def _helm_from_build_script() -> str | None:
+    script = REPO / "e2e" / "tools" / "build.sh"
+    if not script.is_file():
+        return None
+    proc = subprocess.run(
+        ["bash", str(script)], cwd=REPO, capture_output=True, text=True, timeout=1700
+    )
+    if proc.returncode == EXIT_TOOLS_UNAVAILABLE:
+        return None  # no Go and no prebuilt binaries: the script's documented "skip"
+    if proc.returncode != 0:
+        pytest.fail(f"e2e/tools/build.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        pytest.fail("e2e/tools/build.sh printed nothing; expected the helm directory last")
+    helm = Path(lines[-1]) / "helm"
+    if not helm.is_file():
+        pytest.fail(f"e2e/tools/build.sh printed {lines[-1]!r}, which holds no helm binary")
+    return str(helm)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    env = os.environ.get("PIW_HELM")
+    if env:
+        path = Path(env)
+        if path.is_dir():
+            path = path / "helm"
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            pytest.fail(f"PIW_HELM={env!r} is not an executable helm")
+        return str(path)
+    tools_dir = os.environ.get("PIW_E2E_TOOLS_DIR")
+    if tools_dir and (Path(tools_dir) / "helm").is_file():
+        return str(Path(tools_dir) / "helm")
+    found = shutil.which("helm") or _helm_from_build_script()
+    if not found:
+        pytest.skip("no helm: set PIW_HELM, put helm on PATH, or provide e2e/tools/build.sh")
+    return found
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def ci_file(name: str) -> Path:
+    return CI_DIR / f"{name}-values.yaml"
+
+
+CI_NAMES = sorted(p.name.removesuffix("-values.yaml") for p in CI_DIR.glob("*-values.yaml"))
+IN_CLUSTER_CI = [n for n in CI_NAMES if n != "url-mode"]
+
+
+def run_helm(helm: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": os.devnull, "HELM_CACHE_HOME": "/tmp/piw-helm-cache"}
+    return subprocess.run(
+        [helm, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@functools.cache
+def _template(helm: str, chart: str, values: tuple[str, ...], sets: tuple[str, ...]) -> str:
+    args = ["template", RELEASE, chart, "--namespace", NAMESPACE]
+    for v in values:
+        args += ["-f", v]
+    for s in sets:
+        # "json:path=<json>" goes through --set-json, everything else through --set.
+        args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
+    proc = run_helm(helm, *args)
+    if proc.returncode != 0:
+        raise RenderError(proc.stderr)
+    return proc.stdout
+
+
+class RenderError(Exception):
+    pass
+
+
+def render(helm: str, *sets: str, ci: str | None = None, chart: Path = CHART) -> list[Obj]:
+    values = (str(ci_file(ci)),) if ci else ()
+    text = _template(helm, str(chart), values, tuple(sets))
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render_fails(helm: str, *sets: str, ci: str | None = None) -> str:
+    with pytest.raises(RenderError) as err:
+        render(helm, *sets, ci=ci)
+    return str(err.value)
+
+
+def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
+    return [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def container(objs: list[Obj]) -> Obj:
+    containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def args_of(objs: list[Obj]) -> list[str]:
+    return [str(a) for a in container(objs)["args"]]
+
+
+def flags_of(objs: list[Obj]) -> dict[str, str]:
+    """The flags after `serve` as a dict; a bare `--flag` (only from extraArgs) maps to ""."""
+    out: dict[str, str] = {}
+    for arg in args_of(objs)[1:]:
+        assert arg.startswith("-"), f"not a flag: {arg!r}"
+        name, _, value = arg.lstrip("-").partition("=")
+        out[name] = value
+    return out
+
+
+def webhook_entry(objs: list[Obj]) -> Obj:
+    entries = one(objs, "MutatingWebhookConfiguration")["webhooks"]
+    assert len(entries) == 1
+    return entries[0]
+
+
+def selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def pod_labels(objs: list[Obj]) -> dict[str, str]:
+    labels: dict[str, str] = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def decode(b64: str) -> bytes:
+    return base64.b64decode(b64, validate=True)
+
+
+# --------------------------------------------------------------------------- lint & metadata
+
+
+def test_required_ci_files_exist() -> None:
+    required = {
+        "default",
+        "cert-manager",
+        "existing-secret",
+        "openshift",
+        "configmap-mode",
+        "container-credentials",
+        "url-mode",
+        "hardened",
+    }
+    assert required <= set(CI_NAMES)
+
+
+def test_chart_metadata() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "pod-identity-webhook"
+    assert meta["type"] == "application"
+    assert str(meta["appVersion"]) == webhook.__version__
+    assert (CHART / "templates" / "NOTES.txt").is_file()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+def test_helm_lint_strict(helm: str) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_helm_lint_strict_with_ci_values(helm: str, name: str) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(ci_file(name)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- every ci file
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_rendered_objects_are_well_formed(helm: str, name: str) -> None:
+    objs = render(helm, ci=name)
+    seen: set[tuple[str, str, str]] = set()
+    for obj in objs:
+        meta = obj["metadata"]
+        assert obj["apiVersion"] and obj["kind"] and meta["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]), meta["name"]
+        assert len(meta["name"]) <= 63
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in meta
+        else:
+            assert meta["namespace"] == NAMESPACE, obj["kind"]
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        assert key not in seen, f"duplicate object {key}"
+        seen.add(key)
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_rbac_is_exactly_serviceaccount_reads(helm: str, name: str) -> None:
+    objs = render(helm, ci=name)
+    sa = one(objs, "ServiceAccount")
+    subject = {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+
+    cluster_role = one(objs, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = one(objs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [subject]
+
+    roles = find(objs, "Role")
+    if name == "configmap-mode":
+        role = one(objs, "Role")
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}
+        ]
+        role_binding = one(objs, "RoleBinding")
+        assert role_binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert role_binding["roleRef"]["kind"] == "Role"
+        assert role_binding["subjects"] == [subject]
+    else:
+        assert roles == [] and find(objs, "RoleBinding") == []
+
+
+@pytest.mark.parametrize("name", IN_CLUSTER_CI)
+def test_service_exposes_webhook_and_metrics_ports(helm: str, name: str) -> None:
+    objs = render(helm, ci=name)
+    service = one(objs, "Service", FULLNAME)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(ports) == {"https", "metrics"}
+    assert ports["https"]["port"] == 443
+    assert ports["metrics"]["port"] == 9999
+
+    ctr = container(objs)
+    container_ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    flags = flags_of(objs)
+    assert container_ports == {"https": 8443, "metrics": 9999}
+    assert ports["https"]["targetPort"] == "https"
+    assert ports["metrics"]["targetPort"] == "metrics"
+    # The named ports resolve to what the process listens on.
+    assert str(container_ports["https"]) == flags["port"]
+    assert str(container_ports["metrics"]) == flags["metrics-port"]
+    assert selector_matches({"matchLabels": service["spec"]["selector"]}, pod_labels(objs))
+
+
+@pytest.mark.parametrize("name", IN_CLUSTER_CI)
+def test_hardening_holds_for_every_ci_file(helm: str, name: str) -> None:
+    objs = render(helm, ci=name)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    ctr = container(objs)
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "runAsUser" not in pod["securityContext"]
+    assert "hostNetwork" not in pod
+    sc = ctr["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc.get("privileged", False) is False
+    assert "runAsUser" not in sc
+    assert ctr["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+    assert ctr["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+    assert all(p["containerPort"] >= 1024 for p in ctr["ports"])
+    assert not any("hostPort" in p for p in ctr["ports"])
+    args = args_of(objs)
+    assert args[0] == "serve"
+    assert "--in-cluster=false" in args
+    assert ctr["resources"]["requests"] and ctr["resources"]["limits"]
+    # The certificate is mounted read-only where --tls-cert/--tls-key point.
+    mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/webhook/certs"
+    assert mounts["tls"]["readOnly"] is True
+    flags = flags_of(objs)
+    assert flags["tls-cert"] == "/etc/webhook/certs/tls.crt"
+    assert flags["tls-key"] == "/etc/webhook/certs/tls.key"
+    assert flags["namespace"] == NAMESPACE
+    assert flags["service-name"] == FULLNAME
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_webhook_selectors_exclude_self_opt_out_and_system_namespaces(helm: str, name: str) -> None:
+    objs = render(helm, ci=name)
+    hook = webhook_entry(objs)
+    object_selector = hook["objectSelector"]
+    exprs = object_selector["matchExpressions"]
+    assert {"key": SKIP_LABEL, "operator": "DoesNotExist"} in exprs
+    assert selector_matches(object_selector, {"app": "anything"})
+    assert not selector_matches(object_selector, {SKIP_LABEL: "true"})
+    if find(objs, "Deployment"):
+        assert not selector_matches(object_selector, pod_labels(objs)), "webhook pods excluded"
+
+    ns_selector = hook["namespaceSelector"]
+
+    def ns(name: str) -> dict[str, str]:
+        return {"kubernetes.io/metadata.name": name}
+
+    assert not selector_matches(ns_selector, ns("kube-system"))
+    assert not selector_matches(ns_selector, ns(NAMESPACE))
+    assert selector_matches(ns_selector, ns("team-a"))
+
+
+def _every_flag_sets() -> list[str]:
+    sets = [f"{path}={value}" for path, value, _, _ in FLAG_TABLE]
+    return [
+        *sets,
+        "containerCredentials.enabled=true",
+        "containerCredentials.identities[0].namespace=a",
+        "containerCredentials.identities[0].serviceAccount=b",
+        "config.extraArgs={--logtostderr}",
+    ]
+
+
+@pytest.mark.parametrize("name", [*CI_NAMES, "every-flag"])
+def test_args_are_accepted_by_the_webhook_cli(helm: str, name: str) -> None:
+    """The rendered args parse with `pod-identity-webhook serve`'s own parser."""
+    if name == "every-flag":
+        objs = render(helm, *_every_flag_sets())
+    else:
+        objs = render(helm, ci=name)
+        if not find(objs, "Deployment"):
+            objs = render(helm, "deployment.enabled=true", ci=name)
+    args = args_of(objs)
+    parser = argparse.ArgumentParser(prog="pod-identity-webhook serve", exit_on_error=False)
+    serve.add_arguments(parser)
+    parsed = parser.parse_args(serve.normalize_argv(args[1:]))
+    flags = flags_of(objs)
+    assert parsed.port == int(flags["port"])
+    assert parsed.metrics_port == int(flags["metrics-port"])
+    assert parsed.in_cluster is False
+    assert parsed.namespace == NAMESPACE
+    assert parsed.service_name == FULLNAME
+    assert parsed.token_audience == flags["token-audience"]
+    assert parsed.token_expiration == int(flags["token-expiration"])
+    assert parsed.watch_config_map is (flags["watch-config-map"] == "true")
+    assert parsed.sts_regional_endpoint is (flags["sts-regional-endpoint"] == "true")
+    assert parsed.tls_min_version == flags["tls-min-version"]
+    assert parsed.verbosity == int(flags["v"])
+    assert parsed.log_format == flags["log-format"]
+    if name == "every-flag":
+        assert parsed.enable_debugging_handlers is True
+        assert parsed.compose_role_arn is True
+        assert parsed.aws_account_id == "012345678901"
+        assert parsed.kubeconfig == "/etc/kube/config"
+        assert parsed.kube_api == "https://10.0.0.1:6443"
+        assert parsed.service_account_lookup_grace_period == 2.0
+        assert parsed.resync_period == 90.0
+        assert parsed.max_request_bytes == 8388608
+        assert parsed.watch_container_credentials_config.endswith("/config.json")
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_webhook_configuration_defaults(helm: str) -> None:
+    objs = render(helm)
+    config = one(objs, "MutatingWebhookConfiguration", FULLNAME)
+    hook = webhook_entry(objs)
+    assert hook["name"] == "pod-identity-webhook.amazonaws.com"
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["timeoutSeconds"] == 10
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["clientConfig"]["service"] == {
+        "name": FULLNAME,
+        "namespace": NAMESPACE,
+        "path": "/mutate",
+        "port": 443,
+    }
+    assert "url" not in hook["clientConfig"]
+    assert hook["namespaceSelector"]["matchExpressions"] == [
+        {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kube-system", NAMESPACE],
+        }
+    ]
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": SKIP_LABEL, "operator": "DoesNotExist"},
+        {"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["pod-identity-webhook"]},
+    ]
+    assert "cert-manager.io/inject-ca-from" not in (config["metadata"].get("annotations") or {})
+
+
+def test_ha_defaults(helm: str) -> None:
+    objs = render(helm)
+    deployment = one(objs, "Deployment", FULLNAME)
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    labels = pod_labels(objs)
+    assert selector_matches(spec["selector"], labels)
+    assert "priorityClassName" not in pod
+
+    pdb = one(objs, "PodDisruptionBudget", FULLNAME)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in pdb["spec"]
+    assert selector_matches(pdb["spec"]["selector"], labels)
+
+    preferred = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    keys = {t["podAffinityTerm"]["topologyKey"] for t in preferred}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for term in preferred:
+        assert selector_matches(term["podAffinityTerm"]["labelSelector"], labels)
+    assert (
+        "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
+    )
+
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for constraint in spread:
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["maxSkew"] == 1
+        assert selector_matches(constraint["labelSelector"], labels)
+
+    ctr = container(objs)
+    assert ctr["image"].endswith(f"/pod-identity-webhook:{webhook.__version__}")
+    assert ctr["imagePullPolicy"] == "IfNotPresent"
+    assert ctr["resources"]["requests"]["cpu"] and ctr["resources"]["limits"]["memory"]
+
+
+def test_default_args(helm: str) -> None:
+    assert args_of(render(helm)) == [
+        "serve",
+        "--in-cluster=false",
+        "--port=8443",
+        "--metrics-port=9999",
+        "--tls-cert=/etc/webhook/certs/tls.crt",
+        "--tls-key=/etc/webhook/certs/tls.key",
+        "--tls-min-version=1.2",
+        f"--namespace={NAMESPACE}",
+        f"--service-name={FULLNAME}",
+        "--annotation-prefix=eks.amazonaws.com",
+        "--token-audience=sts.amazonaws.com",
+        "--token-mount-path=/var/run/secrets/eks.amazonaws.com/serviceaccount",
+        "--token-expiration=86400",
+        "--sts-regional-endpoint=false",
+        "--watch-config-map=false",
+        "--log-format=text",
+        "--v=0",
+    ]
+
+
+def test_optional_objects_are_off_by_default(helm: str) -> None:
+    kinds = {o["kind"] for o in render(helm)}
+    assert kinds == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+    }
+
+
+# --------------------------------------------------------------------------- flags
+
+
+# (values path, --set value, expected flag, expected flag value)
+FLAG_TABLE = [
+    ("config.port", "9443", "port", "9443"),
+    ("config.metricsPort", "9100", "metrics-port", "9100"),
+    ("config.annotationPrefix", "example.com", "annotation-prefix", "example.com"),
+    ("config.tokenAudience", "my-audience", "token-audience", "my-audience"),
+    ("config.tokenMountPath", "/var/run/aws", "token-mount-path", "/var/run/aws"),
+    ("config.tokenExpiration", "7200", "token-expiration", "7200"),
+    ("config.awsDefaultRegion", "ap-southeast-2", "aws-default-region", "ap-southeast-2"),
+    ("config.stsRegionalEndpoint", "true", "sts-regional-endpoint", "true"),
+    ("config.composeRoleArn", "true", "compose-role-arn", "true"),
+    ("config.awsAccountId", "012345678901", "aws-account-id", "012345678901"),
+    ("config.awsPartition", "aws-cn", "aws-partition", "aws-cn"),
+    ("config.serviceAccountLookupGracePeriod", "2s", "service-account-lookup-grace-period", "2s"),
+    ("config.resyncPeriod", "90s", "resync-period", "90s"),
+    ("config.maxRequestBytes", "8388608", "max-request-bytes", "8388608"),
+    ("config.enableDebuggingHandlers", "true", "enable-debugging-handlers", "true"),
+    ("config.tlsMinVersion", "1.3", "tls-min-version", "1.3"),
+    (
+        "config.tlsCipherSuites",
+        "{TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384}",
+        "tls-cipher-suites",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    ("config.logLevel", "5", "v", "5"),
+    ("config.logFormat", "json", "log-format", "json"),
+    ("config.kubeconfig", "/etc/kube/config", "kubeconfig", "/etc/kube/config"),
+    ("config.kubeApi", "https://10.0.0.1:6443", "kube-api", "https://10.0.0.1:6443"),
+    ("watchConfigMap.enabled", "true", "watch-config-map", "true"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "flag", "expected"), FLAG_TABLE, ids=[row[0] for row in FLAG_TABLE]
+)
+def test_each_value_maps_to_its_flag(
+    helm: str, path: str, value: str, flag: str, expected: str
+) -> None:
+    sets = [f"{path}={value}"]
+    if path == "config.awsAccountId":
+        sets.append("config.composeRoleArn=true")  # the account only applies to composition
+    assert flags_of(render(helm, *sets))[flag] == expected
+
+
+def test_flags_are_not_duplicated(helm: str) -> None:
+    for name in IN_CLUSTER_CI:
+        names = [a.lstrip("-").partition("=")[0] for a in args_of(render(helm, ci=name))[1:]]
+        extra = yaml.safe_load(ci_file(name).read_text() or "{}") or {}
+        extra_args = ((extra.get("config") or {}).get("extraArgs")) or []
+        chart_names = names[: len(names) - len(extra_args)]
+        assert len(chart_names) == len(set(chart_names)), (name, chart_names)
+
+
+def test_hardened_values_map_to_args(helm: str) -> None:
+    objs = render(helm, ci="hardened")
+    flags = flags_of(objs)
+    expected = {
+        "aws-default-region": "eu-west-1",
+        "sts-regional-endpoint": "true",
+        "token-expiration": "3600",
+        "compose-role-arn": "true",
+        "aws-account-id": "111122223333",
+        "aws-partition": "aws",
+        "service-account-lookup-grace-period": "250ms",
+        "resync-period": "5m",
+        "max-request-bytes": "1048576",
+        "tls-min-version": "1.3",
+        "tls-cipher-suites": "TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384",
+        "v": "4",
+        "log-format": "json",
+    }
+    assert args_of(objs)[-1] == "--logtostderr", "extraArgs come last, verbatim"
+    for flag, value in expected.items():
+        assert flags.get(flag) == value, flag
+    assert "enable-debugging-handlers" not in flags
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists"}]
+    assert one(objs, "Deployment")["spec"]["replicas"] == 3
+    template_meta = one(objs, "Deployment")["spec"]["template"]["metadata"]
+    assert template_meta["annotations"]["example.com/owner"] == "platform"
+    assert template_meta["labels"]["team"] == "platform"
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+
+
+def test_extra_args_and_unset_optionals(helm: str) -> None:
+    flags = flags_of(render(helm, "config.extraArgs={--vmodule=x=2}"))
+    for absent in (
+        "aws-default-region",
+        "compose-role-arn",
+        "aws-account-id",
+        "aws-partition",
+        "service-account-lookup-grace-period",
+        "resync-period",
+        "max-request-bytes",
+        "enable-debugging-handlers",
+        "kubeconfig",
+        "kube-api",
+        "tls-cipher-suites",
+        "watch-container-credentials-config",
+    ):
+        assert absent not in flags
+    assert flags["vmodule"] == "x=2"
+
+
+# --------------------------------------------------------------------------- webhook knobs
+
+
+def test_webhook_knobs(helm: str) -> None:
+    objs = render(helm, ci="hardened")
+    hook = webhook_entry(objs)
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] == 5
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    ns_exprs = hook["namespaceSelector"]["matchExpressions"]
+    assert ns_exprs[0] == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-system", "kube-public", "cert-manager", NAMESPACE],
+    }
+    assert {"key": "pod-identity-webhook/disabled", "operator": "DoesNotExist"} in ns_exprs
+    obj_exprs = hook["objectSelector"]["matchExpressions"]
+    assert obj_exprs[:2] == [
+        {"key": SKIP_LABEL, "operator": "DoesNotExist"},
+        {"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["pod-identity-webhook"]},
+    ]
+    assert {
+        "key": "app.kubernetes.io/part-of",
+        "operator": "NotIn",
+        "values": ["istio"],
+    } in obj_exprs
+
+    hook = webhook_entry(
+        render(
+            helm,
+            "webhook.reinvocationPolicy=Never",
+            "webhook.matchPolicy=Exact",
+            "webhook.namespaceSelector.excludeReleaseNamespace=false",
+            "webhook.objectSelector.matchLabels.iam=enabled",
+            "webhook.namespaceSelector.matchLabels.team=a",
+            "webhook.name=iam.example.com",
+        )
+    )
+    assert hook["reinvocationPolicy"] == "Never"
+    assert hook["matchPolicy"] == "Exact"
+    assert hook["name"] == "iam.example.com"
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system"]
+    assert hook["namespaceSelector"]["matchLabels"] == {"team": "a"}
+    assert hook["objectSelector"]["matchLabels"] == {"iam": "enabled"}
+    assert {"key": SKIP_LABEL, "operator": "DoesNotExist"} in hook["objectSelector"][
+        "matchExpressions"
+    ]
+
+
+def test_anti_affinity_presets_and_spread_toggle(helm: str) -> None:
+    pod = one(render(helm, ci="openshift"), "Deployment")["spec"]["template"]["spec"]
+    required = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert [t["topologyKey"] for t in required] == ["kubernetes.io/hostname"]
+
+    pod = one(render(helm, "podAntiAffinity=none", "defaultTopologySpread=false"), "Deployment")[
+        "spec"
+    ]["template"]["spec"]
+    assert "affinity" not in pod
+    assert "topologySpreadConstraints" not in pod
+
+
+# --------------------------------------------------------------------------- TLS modes
+
+
+def _load_cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def _verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
+    public_key = ca.public_key()
+    assert cert.issuer == ca.subject
+    assert cert.signature_hash_algorithm is not None
+    if isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            padding.PKCS1v15(),
+            cert.signature_hash_algorithm,
+        )
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        public_key.verify(
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+        )
+    else:  # pragma: no cover
+        raise AssertionError(f"unexpected CA key type {type(public_key)}")
+
+
+def test_self_signed_ca_bundle_signed_the_serving_certificate(helm: str) -> None:
+    objs = render(helm)
+    secret = one(objs, "Secret", TLS_SECRET)
+    assert secret["type"] == "kubernetes.io/tls"
+    data = secret["data"]
+    assert set(data) == {"ca.crt", "tls.crt", "tls.key"}
+
+    ca_bundle = webhook_entry(objs)["clientConfig"]["caBundle"]
+    assert ca_bundle == data["ca.crt"], "caBundle must be the CA in the mounted Secret"
+    ca_pem = decode(ca_bundle)
+    assert ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    ca = _load_cert(ca_pem)
+    basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert basic.ca is True
+
+    cert = _load_cert(decode(data["tls.crt"]))
+    _verify_signed_by(cert, ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) >= {
+        FULLNAME,
+        f"{FULLNAME}.{NAMESPACE}",
+        f"{FULLNAME}.{NAMESPACE}.svc",
+    }
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(decode(data["tls.key"]), password=None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+
+    volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": TLS_SECRET}} in volumes
+
+
+class _FakeAPIServer:
+    """Just enough kube-apiserver (discovery, GET by name) for `helm template --validate`
+    with `--dry-run=server`, the mode in which the chart's `lookup` calls reach a cluster."""
+
+    GROUPS: ClassVar[dict[str, dict[str, tuple[str, bool]]]] = {
+        "v1": {
+            "secrets": ("Secret", True),
+            "serviceaccounts": ("ServiceAccount", True),
+            "services": ("Service", True),
+            "configmaps": ("ConfigMap", True),
+        },
+        "apps/v1": {"deployments": ("Deployment", True)},
+        "policy/v1": {"poddisruptionbudgets": ("PodDisruptionBudget", True)},
+        "rbac.authorization.k8s.io/v1": {
+            "clusterroles": ("ClusterRole", False),
+            "clusterrolebindings": ("ClusterRoleBinding", False),
+            "roles": ("Role", True),
+            "rolebindings": ("RoleBinding", True),
+        },
+        "admissionregistration.k8s.io/v1": {
+            "mutatingwebhookconfigurations": ("MutatingWebhookConfiguration", False)
+        },
+    }
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Obj] = {}
+        self.gets: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                fake.gets.append(path)
+                code, body = fake.answer(path)
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, path: str) -> tuple[int, Obj]:
+        if path == "/version":
+            return 200, {"major": "1", "minor": "36", "gitVersion": "v1.36.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            groups = []
+            for gv in self.GROUPS:
+                if "/" in gv:
+                    group, version = gv.split("/")
+                    entry = {"groupVersion": gv, "version": version}
+                    groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        for gv, resources in self.GROUPS.items():
+            if path == ("/api/v1" if gv == "v1" else f"/apis/{gv}"):
+                listed = [
+                    {"name": name, "namespaced": namespaced, "kind": kind, "verbs": ["get"]}
+                    for name, (kind, namespaced) in resources.items()
+                ]
+                return 200, {"kind": "APIResourceList", "groupVersion": gv, "resources": listed}
+        if path in self.objects:
+            return 200, self.objects[path]
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
+
+    def __enter__(self) -> _FakeAPIServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, directory: Path) -> Path:
+        port = self.server.server_address[1]
+        path = directory / "kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+
+def _render_against(helm: str, kubeconfig: Path, *extra: str) -> list[Obj]:
+    proc = run_helm(
+        helm,
+        "template",
+        *extra,
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--validate",
+        "--dry-run=server",
+        "--disable-openapi-validation",
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_self_signed_secret_survives_upgrade(helm: str, tmp_path: Path) -> None:
+    """A second render, with the first render's Secret in the cluster, keeps CA and cert."""
+    secret_path = f"/api/v1/namespaces/{NAMESPACE}/secrets/{TLS_SECRET}"
+    with _FakeAPIServer() as api:
+        kubeconfig = api.kubeconfig(tmp_path)
+        first = _render_against(helm, kubeconfig)
+        assert secret_path in api.gets, "the chart must look the Secret up"
+        installed = one(first, "Secret", TLS_SECRET)
+        # As `helm install` leaves it: owned by the release.
+        stored = json.loads(json.dumps(installed))
+        stored["metadata"]["annotations"] = {
+            "meta.helm.sh/release-name": RELEASE,
+            "meta.helm.sh/release-namespace": NAMESPACE,
+        }
+        api.objects[secret_path] = stored
+
+        second = _render_against(helm, kubeconfig, "--is-upgrade")
+        assert one(second, "Secret", TLS_SECRET)["data"] == installed["data"]
+        ca_bundle = webhook_entry(second)["clientConfig"]["caBundle"]
+        assert ca_bundle == installed["data"]["ca.crt"]
+
+        # A Secret without the CA (e.g. replaced by hand) is regenerated, never half-reused.
+        stored["data"] = {k: installed["data"][k] for k in ("tls.crt", "tls.key")}
+        third = _render_against(helm, kubeconfig, "--is-upgrade")
+        regenerated = one(third, "Secret", TLS_SECRET)["data"]
+        assert regenerated["ca.crt"] != installed["data"]["ca.crt"]
+        assert webhook_entry(third)["clientConfig"]["caBundle"] == regenerated["ca.crt"]
+        _verify_signed_by(
+            _load_cert(decode(regenerated["tls.crt"])), _load_cert(decode(regenerated["ca.crt"]))
+        )
+
+    # Plain `helm template` (no cluster) generates fresh material every time.
+    assert one(render(helm), "Secret", TLS_SECRET)["data"] != installed["data"]
+
+
+def test_cert_manager_mode(helm: str) -> None:
+    objs = render(helm, ci="cert-manager")
+    assert find(objs, "Secret") == []
+    issuers = {o["metadata"]["name"]: o for o in find(objs, "Issuer")}
+    assert issuers[f"{FULLNAME}-selfsigned"]["spec"] == {"selfSigned": {}}
+    assert issuers[f"{FULLNAME}-ca"]["spec"] == {"ca": {"secretName": f"{FULLNAME}-ca"}}
+    certs = {o["metadata"]["name"]: o for o in find(objs, "Certificate")}
+    ca_cert = certs[f"{FULLNAME}-ca"]["spec"]
+    assert ca_cert["isCA"] is True
+    assert ca_cert["secretName"] == f"{FULLNAME}-ca"
+    assert ca_cert["issuerRef"]["name"] == f"{FULLNAME}-selfsigned"
+    serving = certs[FULLNAME]["spec"]
+    assert serving["secretName"] == TLS_SECRET
+    assert serving["issuerRef"] == {
+        "name": f"{FULLNAME}-ca",
+        "kind": "Issuer",
+        "group": "cert-manager.io",
+    }
+    assert f"{FULLNAME}.{NAMESPACE}.svc" in serving["dnsNames"]
+    assert serving["duration"] == "720h" and serving["renewBefore"] == "240h"
+    assert "server auth" in serving["usages"]
+
+    config = one(objs, "MutatingWebhookConfiguration")
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{FULLNAME}"
+    )
+    assert "caBundle" not in webhook_entry(objs)["clientConfig"]
+    volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": TLS_SECRET}} in volumes
+
+
+def test_cert_manager_existing_issuer(helm: str) -> None:
+    objs = render(
+        helm,
+        "tls.certManager.issuerRef.name=corp-ca",
+        "tls.certManager.issuerRef.kind=ClusterIssuer",
+        ci="cert-manager",
+    )
+    assert find(objs, "Issuer") == []
+    certificate = one(objs, "Certificate")
+    assert certificate["metadata"]["name"] == FULLNAME
+    assert certificate["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_existing_secret_mode(helm: str) -> None:
+    objs = render(helm, ci="existing-secret")
+    assert find(objs, "Secret") == [] and find(objs, "Certificate") == []
+    volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "my-webhook-tls"}} in volumes
+    ca_bundle = webhook_entry(objs)["clientConfig"]["caBundle"]
+    expected_pem = yaml.safe_load(ci_file("existing-secret").read_text())["webhook"]["caBundle"]
+    assert decode(ca_bundle).decode() == expected_pem
+    assert _load_cert(decode(ca_bundle))
+    annotations = one(objs, "MutatingWebhookConfiguration")["metadata"].get("annotations") or {}
+    assert not annotations
+
+    # An already base64-encoded bundle passes through unchanged.
+    encoded = base64.b64encode(expected_pem.encode()).decode()
+    objs = render(helm, f"webhook.caBundle={encoded}", ci="existing-secret")
+    assert webhook_entry(objs)["clientConfig"]["caBundle"] == encoded
+
+
+def test_existing_secret_mode_needs_ca_bundle_and_name(helm: str) -> None:
+    assert "webhook.caBundle" in render_fails(helm, "tls.mode=existingSecret", "webhook.caBundle=")
+    assert "tls.existingSecret.name" in render_fails(
+        helm, "tls.mode=existingSecret", "webhook.caBundle=Zm9v"
+    )
+
+
+def test_openshift_mode(helm: str) -> None:
+    objs = render(helm, ci="openshift")
+    assert find(objs, "Secret") == [] and find(objs, "Certificate") == []
+    service = one(objs, "Service")
+    assert service["metadata"]["annotations"] == {
+        "service.beta.openshift.io/serving-cert-secret-name": TLS_SECRET
+    }
+    config = one(objs, "MutatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {
+        "service.beta.openshift.io/inject-cabundle": "true"
+    }
+    assert "caBundle" not in webhook_entry(objs)["clientConfig"]
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": TLS_SECRET}} in pod["volumes"]
+    # restricted-v2 assigns UID and fsGroup itself.
+    for context in (pod["securityContext"], container(objs)["securityContext"]):
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(context)
+
+
+def test_url_mode(helm: str) -> None:
+    objs = render(helm, ci="url-mode")
+    kinds = {o["kind"] for o in objs}
+    assert kinds == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+    }
+    client = webhook_entry(objs)["clientConfig"]
+    assert client["url"] == "https://127.0.0.1:23443/mutate"
+    assert "service" not in client
+    assert _load_cert(decode(client["caBundle"]))
+    annotations = one(objs, "MutatingWebhookConfiguration")["metadata"].get("annotations") or {}
+    assert not annotations
+
+
+def test_url_and_deployment_combinations_are_validated(helm: str) -> None:
+    assert "webhook.caBundle" in render_fails(helm, "webhook.caBundle=", ci="url-mode")
+    assert "webhook.url" in render_fails(helm, "deployment.enabled=false")
+    # url with an in-cluster Deployment keeps the chart's TLS objects and CA.
+    objs = render(helm, "webhook.url=https://webhook.example.com/mutate")
+    client = webhook_entry(objs)["clientConfig"]
+    assert client["url"] == "https://webhook.example.com/mutate"
+    assert client["caBundle"] == one(objs, "Secret", TLS_SECRET)["data"]["ca.crt"]
+
+
+# --------------------------------------------------------------------------- config sources
+
+
+def test_configmap_mode(helm: str) -> None:
+    objs = render(helm, ci="configmap-mode")
+    configmap = one(objs, "ConfigMap", "pod-identity-webhook")
+    assert configmap["metadata"]["namespace"] == NAMESPACE
+    assert json.loads(configmap["data"]["config"]) == {
+        "default/my-app": {"RoleARN": "arn:aws:iam::111122223333:role/my-app"},
+        "team-a/reporter": {
+            "RoleARN": "arn:aws:iam::111122223333:role/team-a/reporter",
+            "Audience": "sts.amazonaws.com",
+            "UseRegionalSTS": True,
+            "TokenExpiration": 3600,
+        },
+    }
+    flags = flags_of(objs)
+    assert flags["watch-config-map"] == "true"
+    assert flags["namespace"] == NAMESPACE, "the webhook looks for the ConfigMap in --namespace"
+    # ConfigMap managed elsewhere: RBAC and flag stay, the object goes.
+    objs = render(helm, "watchConfigMap.create=false", ci="configmap-mode")
+    assert find(objs, "ConfigMap") == []
+    assert one(objs, "Role")
+
+
+def test_container_credentials(helm: str) -> None:
+    objs = render(helm, ci="container-credentials")
+    configmap = one(objs, "ConfigMap", f"{FULLNAME}-container-credentials")
+    assert json.loads(configmap["data"]["config.json"]) == {
+        "identities": [
+            {"namespace": "default", "serviceAccount": "pod-identity-agent-user"},
+            {"namespace": "team-b", "serviceAccount": "billing"},
+        ]
+    }
+    flags = flags_of(objs)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in container(objs)["volumeMounts"] if m["name"] == "container-credentials")
+    volume = next(v for v in pod["volumes"] if v["name"] == "container-credentials")
+    assert volume == {
+        "name": "container-credentials",
+        "configMap": {"name": configmap["metadata"]["name"]},
+    }
+    assert "subPath" not in mount, "a subPath mount would never see ConfigMap updates"
+    assert flags["watch-container-credentials-config"] == f"{mount['mountPath']}/config.json"
+    assert flags["container-credentials-audience"] == "pods.eks.amazonaws.com"
+    assert flags["container-credentials-full-uri"] == "http://169.254.170.23/v1/credentials"
+    assert flags["container-credentials-token-mount-path"] == (
+        "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+    )
+    assert flags["container-credentials-token-volume-name"] == "eks-pod-identity-token"
+    assert flags["container-credentials-token-path"] == "eks-pod-identity-token"
+
+    objs = render(helm, "containerCredentials.existingConfigMap=my-ids", ci="container-credentials")
+    assert find(objs, "ConfigMap") == []
+    volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "container-credentials", "configMap": {"name": "my-ids"}} in volumes
+    assert "identities" in render_fails(helm, "containerCredentials.enabled=true")
+
+
+# --------------------------------------------------------------------------- extras
+
+
+def test_network_policy_and_service_monitor(helm: str) -> None:
+    objs = render(helm, ci="hardened")
+    policy = one(objs, "NetworkPolicy", FULLNAME)
+    assert selector_matches(policy["spec"]["podSelector"], pod_labels(objs))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    by_port = {r["ports"][0]["port"]: r for r in rules}
+    assert set(by_port) == {8443, 9999}
+    assert "from" not in by_port[8443], "the API server's address is not known in advance"
+    assert by_port[9999]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+    monitor = one(objs, "ServiceMonitor", FULLNAME)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = one(objs, "Service")
+    assert selector_matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["scheme"] == "http" and endpoint["interval"] == "15s"
+
+    egress = [{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"port": 443}]}]
+    policy = one(
+        render(
+            helm, "networkPolicy.enabled=true", f"json:networkPolicy.egress={json.dumps(egress)}"
+        ),
+        "NetworkPolicy",
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_optional_pod_settings(helm: str) -> None:
+    objs = render(
+        helm,
+        "podSecurityContext.runAsUser=1001",
+        "hostNetwork=true",
+        "image.digest=sha256:" + "a" * 64,
+        "imagePullSecrets[0].name=regcred",
+        "serviceAccount.annotations.team=x",
+        "podDisruptionBudget.maxUnavailable=1",
+    )
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1001
+    assert pod["securityContext"]["runAsNonRoot"] is True, "defaults merge with overrides"
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert container(objs)["image"].endswith("@sha256:" + "a" * 64)
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert one(objs, "ServiceAccount")["metadata"]["annotations"] == {"team": "x"}
+    pdb = one(objs, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "webhook.failurPolicy=Fail",  # typo'd key
+        "replicaCount=3",  # key from other charts
+        "config.tokenExpirationSeconds=600",  # nested typo
+        "securityContext.readOnlyRootFileSystem=true",  # case typo in a securityContext
+        "tls.selfSigned.validity=10",
+        "watchConfigMap.entries.default/app.RoleArn=arn:aws:iam::111122223333:role/x",
+    ],
+)
+def test_schema_rejects_unknown_keys(helm: str, bad: str) -> None:
+    message = render_fails(helm, bad)
+    assert "schema" in message.lower() or "additional" in message.lower(), message
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "deployment.replicas=two",  # wrong type
+        "config.tokenExpiration=soon",
+        "config.stsRegionalEndpoint=yes",
+        "webhook.failurePolicy=Sometimes",  # not in enum
+        "webhook.timeoutSeconds=60",  # out of range
+        "config.tlsMinVersion=1.4",
+        "config.logFormat=xml",
+        "tls.mode=letsEncrypt",
+        "config.awsAccountId=12345",
+        "webhook.url=http://plain.example.com/mutate",
+    ],
+)
+def test_schema_rejects_wrong_types_and_values(helm: str, bad: str) -> None:
+    message = render_fails(helm, bad)
+    assert "schema" in message.lower() or "values don't meet" in message.lower(), message
+
+
+def _walk_schema(node: Any, path: str = "$") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, child in node.items():
+            yield from _walk_schema(child, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _walk_schema(child, f"{path}[{i}]")
+
+
+def test_schema_closes_every_defined_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for path, node in _walk_schema(schema):
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+
+
+def test_schema_covers_every_default_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def check(value: Any, node: dict[str, Any], path: str) -> None:
+        if isinstance(value, dict) and "properties" in node:
+            for key, child in value.items():
+                assert key in node["properties"], f"{path}.{key} missing from the schema"
+                check(child, node["properties"][key], f"{path}.{key}")
+
+    check(values, schema, "values")
+
+
+# --------------------------------------------------------------------------- NOTES.txt
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_notes_render_with_verification_commands(helm: str, name: str, tmp_path: Path) -> None:
+    """NOTES.txt is rendered through a copy of the chart, as a regular template."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes_under_test.tpl").write_text(
+        '{{- define "notes-under-test" -}}\n' + notes + "\n{{- end -}}\n"
+    )
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        'kind: NotesUnderTest\ntext: {{ include "notes-under-test" . | toJson }}\n'
+    )
+    rendered = render(helm, ci=name, chart=chart)
+    text = one(rendered, "NotesUnderTest")["text"]
+    assert "kubectl" in text
+    assert "AWS_ROLE_ARN" in text and "AWS_WEB_IDENTITY_TOKEN_FILE" in text
+    assert "role-arn" in text
+    if name != "url-mode":
+        assert f"rollout status deployment/{FULLNAME}" in text

@@ -1,0 +1,241 @@
+"""The container image recipe, checked without a container engine.
+
+The Dockerfile is parsed as text and its properties asserted (multi-stage build, a final
+stage with no package installs, a numeric non-root USER, the exact ENTRYPOINT, OCI labels);
+then the builder stage's install steps are replayed on this machine (wheel -> fresh venv ->
+pip removed) and the installed console script is run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import webhook
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+BASE_IMAGE = "python:3.12-slim"
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+def parse_dockerfile(text: str) -> tuple[list[Instruction], list[Stage]]:
+    """Instructions before the first FROM, and the stages (line continuations joined)."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue  # comment lines inside a continued instruction are dropped by Docker
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    assert not pending, "Dockerfile ends inside a line continuation"
+
+    preamble: list[Instruction] = []
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        instruction = Instruction(keyword.upper(), args.strip())
+        if instruction.keyword == "FROM":
+            words = instruction.args.split()
+            words = [w for w in words if not w.startswith("--platform")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], name=name))
+        elif stages:
+            stages[-1].instructions.append(instruction)
+        else:
+            preamble.append(instruction)
+    return preamble, stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    _, parsed = parse_dockerfile(DOCKERFILE.read_text())
+    return parsed
+
+
+def run_commands(stage: Stage) -> str:
+    return "\n".join(i.args for i in stage.all("RUN"))
+
+
+def label_values(stage: Stage) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for instruction in stage.all("LABEL"):
+        for token in shlex.split(instruction.args):
+            key, sep, value = token.partition("=")
+            assert sep, f"LABEL must use key=value form: {token!r}"
+            labels[key] = value
+    return labels
+
+
+def test_multi_stage_on_slim_python_tag(stages: list[Stage]) -> None:
+    assert len(stages) >= 2
+    builder, final = stages[0], stages[-1]
+    assert builder.name == "builder"
+    assert builder.base == BASE_IMAGE
+    assert final.base == BASE_IMAGE, "final stage must start from the same slim base"
+    for stage in stages:
+        assert "@sha256:" not in stage.base, "bases are pinned by tag, not digest"
+
+
+def test_builder_builds_a_wheel_into_opt_venv(stages: list[Stage]) -> None:
+    runs = run_commands(stages[0])
+    assert "pip wheel" in runs
+    assert "python -m venv /opt/venv" in runs
+    assert re.search(r"/opt/venv/bin/python -m pip install /wheels/\S*\.whl", runs)
+    assert re.search(r"pip uninstall -y pip\b", runs), "the venv must not ship pip"
+
+
+def test_final_stage_copies_only_the_venv(stages: list[Stage]) -> None:
+    final = stages[-1]
+    copies = final.all("COPY") + final.all("ADD")
+    assert [c.args for c in copies] == ["--from=builder /opt/venv /opt/venv"]
+
+
+def test_final_stage_installs_nothing_and_removes_pip(stages: list[Stage]) -> None:
+    runs = run_commands(stages[-1])
+    forbidden = [
+        r"\bpip3?(\.\d+)?\s+install\b",
+        r"-m\s+pip\s+install\b",
+        r"\bapt(-get)?\s+install\b",
+        r"\bapk\s+add\b",
+        r"\b(gcc|g\+\+|clang|make|build-essential|python3-dev)\b",
+    ]
+    for pattern in forbidden:
+        assert not re.search(pattern, runs), f"final stage matches {pattern!r}"
+    assert re.search(r"pip uninstall -y pip\b", runs) or re.search(
+        r"rm -rf \S*site-packages/pip\b", runs
+    ), "the base image's pip must be removed"
+
+
+def test_final_stage_runtime_settings(stages: list[Stage]) -> None:
+    final = stages[-1]
+    users = final.all("USER")
+    assert users, "final stage must set USER"
+    user = users[-1].args
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER must be numeric, got {user!r}"
+    assert all(int(part) != 0 for part in user.split(":")), "USER must not be root"
+    assert user == "65532:65532"
+
+    entrypoints = final.all("ENTRYPOINT")
+    assert entrypoints, "final stage must set ENTRYPOINT"
+    assert json.loads(entrypoints[-1].args) == ["pod-identity-webhook"]
+
+    env = " ".join(i.args for i in final.all("ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env, "nothing may be written at run time"
+    assert "/opt/venv/bin" in env, "the venv's scripts must be on PATH"
+
+    exposed = {p for i in final.all("EXPOSE") for p in i.args.split()}
+    assert {"8443", "9999"} <= exposed
+
+
+def test_oci_labels_use_version_arg(stages: list[Stage]) -> None:
+    final = stages[-1]
+    args = {i.args.split("=", 1)[0] for i in final.all("ARG")}
+    assert "VERSION" in args
+    labels = label_values(final)
+    assert labels.get("org.opencontainers.image.version") == "${VERSION}"
+    assert labels.get("org.opencontainers.image.source", "").strip()
+
+
+def test_version_arg_default_matches_package() -> None:
+    _, parsed = parse_dockerfile(DOCKERFILE.read_text())
+    defaults = dict(i.args.split("=", 1) for i in parsed[-1].all("ARG") if "=" in i.args)
+    assert defaults.get("VERSION") == webhook.__version__
+
+
+def test_dockerignore_excludes_local_state() -> None:
+    patterns = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for required in (".venv", ".git", ".pytest_cache", "certs/out", "**/__pycache__"):
+        assert required in patterns, f".dockerignore must exclude {required}"
+    assert not any(p.startswith("!") for p in patterns), "no re-includes expected"
+    for needed in ("pyproject.toml", "webhook", "README.md"):
+        assert needed not in patterns, f".dockerignore must keep {needed}"
+
+
+def _copy_project(dest: Path) -> Path:
+    """The build context the Dockerfile sees (sources only), away from the work tree."""
+    src = dest / "src"
+    src.mkdir()
+    shutil.copy2(REPO / "pyproject.toml", src / "pyproject.toml")
+    for name in ("README.md", "LICENSE", "NOTICE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "webhook",
+        src / "webhook",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    return src
+
+
+@pytest.mark.timeout(600)
+def test_image_install_steps_produce_a_working_console_script(tmp_path: Path) -> None:
+    """Replays the builder stage: wheel, fresh venv, install, remove pip, run the script."""
+    src = _copy_project(tmp_path)
+    wheels = tmp_path / "wheels"
+    venv = tmp_path / "venv"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+
+    def run(*cmd: str | Path, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=540
+        )
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", ".", "-w", wheels, cwd=src)
+    built = sorted(wheels.glob("pod_identity_webhook-*.whl"))
+    assert len(built) == 1, built
+    assert f"-{webhook.__version__}-" in built[0].name
+
+    run(sys.executable, "-m", "venv", venv)
+    python = venv / "bin" / "python"
+    run(python, "-m", "pip", "install", "--quiet", built[0])
+    run(python, "-m", "pip", "uninstall", "-y", "pip")
+    no_pip = subprocess.run(
+        [str(python), "-m", "pip", "--version"], env=env, capture_output=True, text=True
+    )
+    assert no_pip.returncode != 0, "pip is still importable in the venv"
+
+    script = venv / "bin" / "pod-identity-webhook"
+    assert script.exists()
+    # Run from an unrelated directory so the work tree's package cannot be imported.
+    version = run(script, "--version", cwd=tmp_path)
+    assert webhook.__version__ in version.stdout + version.stderr
