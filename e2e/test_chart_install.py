@@ -1,0 +1,404 @@
+"""The Helm chart against a real kube-apiserver: every rendered object passes the API
+server's strict validation, `helm install/upgrade/uninstall` behave, and a URL-mode release
+routes pods to our webhook running as a process outside the cluster.
+
+No controllers run on the e2e control plane: Deployments never get pods, so in-cluster
+releases are checked through the objects the API server stores, not through traffic.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import json
+import os
+import ssl
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.controlplane import ControlPlane
+from e2e.webhooks import (
+    WebhookProcess,
+    create_pod,
+    env_names,
+    ours,
+    simple_pod,
+    wait_until_mutating,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "pod-identity-webhook"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+RELEASE = "piw"
+FULLNAME = "piw-pod-identity-webhook"  # <release>-<chart>
+ROLE_ARN = "arn:aws:iam::111122223333:role/chart"
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+# The chart's objectSelector always carries `<this label> DoesNotExist` (templates/webhook.yaml).
+SKIP_LABEL = "eks.amazonaws.com/skip-pod-identity-webhook"
+TOKEN_FILE = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"
+
+# Kinds served only through CRDs of other projects, which this control plane does not
+# install: the API server cannot validate them, so they are left out of the dry-run apply.
+# (test_skipped_kinds_are_really_not_served keeps this list honest.)
+UNSERVED_KINDS = {
+    ("cert-manager.io", "Issuer"),  # tls.mode=certManager
+    ("cert-manager.io", "Certificate"),  # tls.mode=certManager
+    ("monitoring.coreos.com", "ServiceMonitor"),  # serviceMonitor.enabled (Prometheus Operator)
+}
+CLUSTER_SCOPED_KINDS = ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+
+Obj = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------ helm
+
+
+@dataclass(frozen=True)
+class Helm:
+    """The pinned helm binary, talking to the e2e API server, with its state in `home`."""
+
+    binary: Path
+    kubeconfig: Path
+    home: Path
+
+    def run(self, *args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBECONFIG"))}
+        env |= {
+            "HOME": str(self.home),
+            "HELM_CACHE_HOME": str(self.home / "cache"),
+            "HELM_CONFIG_HOME": str(self.home / "config"),
+            "HELM_DATA_HOME": str(self.home / "data"),
+        }
+        proc = subprocess.run(
+            [str(self.binary), *args, "--kubeconfig", str(self.kubeconfig)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            )
+        return proc.stdout
+
+    def template(self, values: Path, namespace: str) -> list[Obj]:
+        text = self.run("template", RELEASE, str(CHART), "-n", namespace, "-f", str(values))
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+    def manifest(self, release: str, namespace: str) -> list[Obj]:
+        text = self.run("get", "manifest", release, "-n", namespace)
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+    def revision(self, release: str, namespace: str) -> int:
+        return int(
+            json.loads(self.run("status", release, "-n", namespace, "-o", "json"))["version"]
+        )
+
+    @contextlib.contextmanager
+    def installed(self, release: str, namespace: str, *args: str) -> Iterator[None]:
+        """`helm install` for the block; uninstalled afterwards unless the block already did."""
+        self.run(
+            "install", release, str(CHART), "-n", namespace, "--create-namespace", "--wait=false",
+            *args,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            self.run("uninstall", release, "-n", namespace, "--ignore-not-found")
+
+
+@pytest.fixture(scope="module")
+def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(
+        control_plane.tools / "helm", control_plane.kubeconfig, tmp_path_factory.mktemp("helm")
+    )
+
+
+# ------------------------------------------------------------------------------------ API access
+
+
+@dataclass(frozen=True)
+class Resource:
+    group_version: str  # "v1", "apps/v1"
+    plural: str
+    namespaced: bool
+
+
+@functools.cache
+def _discovery(cp: ControlPlane, group_version: str) -> dict[str, Resource] | None:
+    """kind -> Resource for one served group/version (None if the API server does not serve it)."""
+    prefix = "/api" if group_version == "v1" else "/apis"
+    status, body = cp.request("GET", f"{prefix}/{group_version}")
+    if status == 404:
+        return None
+    assert status == 200, f"discovery of {group_version}: HTTP {status}: {body[:300]!r}"
+    return {
+        r["kind"]: Resource(group_version, r["name"], bool(r["namespaced"]))
+        for r in json.loads(body)["resources"]
+        if "/" not in r["name"]  # subresources (deployments/scale, ...)
+    }
+
+
+def resource_of(cp: ControlPlane, obj: Obj) -> Resource:
+    served = _discovery(cp, obj["apiVersion"])
+    assert served is not None, f"{obj['apiVersion']} is not served by the API server"
+    assert obj["kind"] in served, f"{obj['apiVersion']} serves no kind {obj['kind']}"
+    return served[obj["kind"]]
+
+
+def object_path(cp: ControlPlane, obj: Obj, default_namespace: str) -> str:
+    res = resource_of(cp, obj)
+    path = "/api/v1" if res.group_version == "v1" else f"/apis/{res.group_version}"
+    if res.namespaced:
+        path += f"/namespaces/{obj['metadata'].get('namespace') or default_namespace}"
+    return f"{path}/{res.plural}/{obj['metadata']['name']}"
+
+
+def group_of(obj: Obj) -> str:
+    api_version: str = obj["apiVersion"]
+    return api_version.rpartition("/")[0]
+
+
+def dry_run_apply(cp: ControlPlane, path: str, obj: Obj) -> tuple[int, bytes]:
+    """Server-side apply with strict field validation, not persisted (dryRun=All)."""
+    query = urllib.parse.urlencode(
+        {"fieldManager": "e2e", "fieldValidation": "Strict", "dryRun": "All"}
+    )
+    req = urllib.request.Request(
+        f"{cp.url}{path}?{query}", data=json.dumps(obj).encode(), method="PATCH"
+    )
+    req.add_header("Content-Type", "application/apply-patch+yaml")  # JSON is YAML
+    ctx = ssl.create_default_context(cafile=str(cp.ca_file))
+    ctx.load_cert_chain(str(cp.admin_cert_file), str(cp.admin_key_file))
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as err:
+        return int(err.code), bytes(err.read())
+
+
+def get(cp: ControlPlane, path: str) -> Obj | None:
+    status, body = cp.request("GET", path)
+    if status == 404:
+        return None
+    assert status == 200, f"GET {path}: HTTP {status}: {body[:300]!r}"
+    obj: Obj = json.loads(body)
+    return obj
+
+
+def mwc_path(name: str) -> str:
+    return f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
+
+
+# --------------------------------------------------------------------- 1. every object validates
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=[p.stem for p in CI_VALUES])
+def test_every_rendered_object_passes_strict_server_side_apply(
+    control_plane: ControlPlane, helm: Helm, values: Path
+) -> None:
+    cp, namespace = control_plane, f"piw-{values.stem}"
+    objects = helm.template(values, namespace)
+    cp.ensure_namespace(namespace)
+
+    rejected: list[str] = []
+    validated: set[str] = set()
+    for obj in objects:
+        if (group_of(obj), obj["kind"]) in UNSERVED_KINDS:
+            continue
+        path = object_path(cp, obj, namespace)
+        status, body = dry_run_apply(cp, path, obj)
+        if status in (200, 201):
+            validated.add(obj["kind"])
+        else:
+            rejected.append(f"{obj['kind']} {obj['metadata']['name']}: HTTP {status}: {body!r}")
+
+    assert not rejected, "\n".join(rejected)
+    assert {"ServiceAccount", *CLUSTER_SCOPED_KINDS} <= validated  # rendered in every mode
+
+
+def test_skipped_kinds_are_really_not_served(control_plane: ControlPlane) -> None:
+    for group, kind in sorted(UNSERVED_KINDS):
+        status, _ = control_plane.request("GET", f"/apis/{group}")
+        assert status == 404, f"{group} is served now: validate {kind} instead of skipping it"
+
+
+# ---------------------------------------------------------------- 2. install, upgrade, uninstall
+
+DEFAULT_NS = "piw-default"
+
+
+def test_default_install_stores_every_object_of_the_release(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    with helm.installed(RELEASE, DEFAULT_NS):
+        manifest = helm.manifest(RELEASE, DEFAULT_NS)
+        kinds = {obj["kind"] for obj in manifest}
+        assert {"Deployment", "Secret", *CLUSTER_SCOPED_KINDS} <= kinds
+        missing = [
+            f"{obj['kind']} {obj['metadata']['name']}"
+            for obj in manifest
+            if get(control_plane, object_path(control_plane, obj, DEFAULT_NS)) is None
+        ]
+        assert not missing, f"installed but not in the API: {missing}"
+
+
+def test_self_signed_upgrade_keeps_serving_certificate_and_ca_bundle(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    secret_path = f"/api/v1/namespaces/{DEFAULT_NS}/secrets/{FULLNAME}-tls"
+
+    def tls_state() -> tuple[str, str, str]:
+        secret, mwc = get(control_plane, secret_path), get(control_plane, mwc_path(FULLNAME))
+        assert secret is not None and mwc is not None
+        ca_bundle = mwc["webhooks"][0]["clientConfig"]["caBundle"]
+        return secret["data"]["tls.crt"], secret["data"]["ca.crt"], ca_bundle
+
+    with helm.installed(RELEASE, DEFAULT_NS):
+        tls_crt, ca_crt, ca_bundle = tls_state()
+        assert ca_bundle == ca_crt, "the webhook must trust the CA that signed the Secret"
+
+        helm.run("upgrade", RELEASE, str(CHART), "-n", DEFAULT_NS, "--wait=false")
+
+        assert helm.revision(RELEASE, DEFAULT_NS) == 2
+        assert tls_state() == (tls_crt, ca_crt, ca_bundle)
+
+
+def test_uninstall_removes_cluster_scoped_objects(control_plane: ControlPlane, helm: Helm) -> None:
+    cp = control_plane
+    with helm.installed(RELEASE, DEFAULT_NS):
+        cluster_scoped = {
+            obj["kind"]: object_path(cp, obj, DEFAULT_NS)
+            for obj in helm.manifest(RELEASE, DEFAULT_NS)
+            if not resource_of(cp, obj).namespaced
+        }
+        assert sorted(cluster_scoped) == sorted(CLUSTER_SCOPED_KINDS)
+        assert all(get(cp, path) is not None for path in cluster_scoped.values())
+
+        helm.run("uninstall", RELEASE, "-n", DEFAULT_NS)
+
+        left = [kind for kind, path in cluster_scoped.items() if get(cp, path) is not None]
+        assert not left, f"left behind by helm uninstall: {left}"
+
+
+# ------------------------------------------------------------------------ 3. URL mode end to end
+
+URL_RELEASE = "piw-url"
+URL_RELEASE_NS = "piw-url"
+URL_FULLNAME = "piw-url-pod-identity-webhook"
+APPS_NS = "piw-url-apps"  # the only namespace the release's selector admits
+OTHER_NS = "piw-url-other"
+APP_SA = "app"
+
+
+@dataclass(frozen=True)
+class UrlModeRelease:
+    cp: ControlPlane
+    webhook: WebhookProcess
+
+    def admissions_received(self) -> float:
+        """AdmissionReviews the process has answered (its /mutate request count)."""
+        prefix = 'pod_identity_webhook_request_duration_seconds_count{path="/mutate"} '
+        (line,) = [ln for ln in self.webhook.metrics().splitlines() if ln.startswith(prefix)]
+        return float(line.removeprefix(prefix))
+
+    def stored_pod(self, namespace: str, labels: dict[str, str] | None = None) -> Obj:
+        created = create_pod(self.cp, namespace, simple_pod(APP_SA, labels))
+        name = created["metadata"]["name"]
+        pod = get(self.cp, f"/api/v1/namespaces/{namespace}/pods/{name}")
+        assert pod is not None
+        return pod
+
+
+@pytest.fixture(scope="module")
+def url_mode(
+    control_plane: ControlPlane, helm: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UrlModeRelease]:
+    """Our webhook as a local process, registered by a URL-mode release of the chart."""
+    cp = control_plane
+    for ns in (APPS_NS, OTHER_NS):
+        cp.ensure_namespace(ns)
+        cp.ensure_service_account(ns, APP_SA, {ROLE_ANNOTATION: ROLE_ARN})
+    workdir = tmp_path_factory.mktemp("url-mode")
+    webhook = ours(cp, workdir, name="chart-url-mode")
+    values = workdir / "values.json"
+    values.write_text(
+        json.dumps(
+            {
+                "deployment": {"enabled": False},
+                "webhook": {
+                    "url": webhook.url,
+                    "caBundle": cp.ca_pem.decode(),  # the cluster CA signed its certificate
+                    "failurePolicy": "Fail",
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": APPS_NS}},
+                },
+            }
+        )
+    )
+    try:
+        webhook.start()
+        with helm.installed(URL_RELEASE, URL_RELEASE_NS, "-f", str(values)):
+            wait_until_mutating(cp, APPS_NS, APP_SA)
+            yield UrlModeRelease(cp, webhook)
+    finally:
+        webhook.stop()
+
+
+def test_url_mode_registers_the_external_process_fail_closed(url_mode: UrlModeRelease) -> None:
+    mwc = get(url_mode.cp, mwc_path(URL_FULLNAME))
+    assert mwc is not None
+    (entry,) = mwc["webhooks"]
+    assert entry["clientConfig"] == {
+        "url": url_mode.webhook.url,
+        "caBundle": base64.b64encode(url_mode.cp.ca_pem).decode(),
+    }
+    assert entry["failurePolicy"] == "Fail"
+
+
+def test_url_mode_pod_of_annotated_service_account_gets_web_identity(
+    url_mode: UrlModeRelease,
+) -> None:
+    pod = url_mode.stored_pod(APPS_NS)
+
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["AWS_ROLE_ARN"] == ROLE_ARN
+    assert env["AWS_WEB_IDENTITY_TOKEN_FILE"] == TOKEN_FILE
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    token = volumes["aws-iam-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "sts.amazonaws.com"
+
+
+def test_url_mode_skip_label_opts_a_pod_out_before_it_reaches_the_webhook(
+    url_mode: UrlModeRelease,
+) -> None:
+    before = url_mode.admissions_received()
+
+    pod = url_mode.stored_pod(APPS_NS, labels={SKIP_LABEL: "true"})
+
+    assert "AWS_ROLE_ARN" not in env_names(pod)
+    assert "aws-iam-token" not in {v["name"] for v in pod["spec"].get("volumes") or []}
+    assert url_mode.admissions_received() == before, "the objectSelector should filter it"
+
+
+def test_url_mode_namespace_selector_leaves_other_namespaces_alone(
+    url_mode: UrlModeRelease,
+) -> None:
+    before = url_mode.admissions_received()
+
+    pod = url_mode.stored_pod(OTHER_NS)
+
+    assert "AWS_ROLE_ARN" not in env_names(pod)
+    assert url_mode.admissions_received() == before, "the namespaceSelector should filter it"
