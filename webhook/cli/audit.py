@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TextIO
 
 from webhook.cli import UsageError, flags
-from webhook.cli.oidc import read_file, render_findings
+from webhook.cli.common import read_file, render_findings
 from webhook.toolkit import audit_cluster
 from webhook.toolkit.audit import AuditReport, RestartPlan, render_csv, render_table
 from webhook.toolkit.audit_cluster import Cluster, ClusterError, RestartResult

@@ -6,12 +6,10 @@ import argparse
 import sys
 
 from webhook.cli import UsageError
+from webhook.cli.common import output_flag, read_file, render_findings
 from webhook.toolkit import jwks, oidc
 from webhook.toolkit.render import (
-    Finding,
     InputError,
-    format_finding,
-    format_summary,
     has_errors,
     parse_json,
     summarize,
@@ -19,15 +17,6 @@ from webhook.toolkit.render import (
 )
 
 HELP = "self-hosted OIDC issuer: JWKS from keys, discovery document, consistency check"
-
-
-def _output_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default), json for scripts",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also publish each key without kid, for tokens minted before Kubernetes 1.16",
     )
-    _output_flag(keys)
+    output_flag(keys)
 
     discovery = sub.add_parser(
         "discovery",
@@ -79,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="advertise the algorithms of these keys (repeatable)",
     )
-    _output_flag(discovery)
+    output_flag(discovery)
 
     check = sub.add_parser(
         "check",
@@ -89,18 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--jwks", required=True, metavar="FILE")
     check.add_argument("--discovery", required=True, metavar="FILE")
     check.add_argument("--token", metavar="FILE", help="a token that must verify (- for stdin)")
-    _output_flag(check)
-
-
-def read_file(path: str, what: str) -> bytes:
-    """File contents (`-` is stdin); UsageError naming the file on failure."""
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as err:
-        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    output_flag(check)
 
 
 def load_keys(paths: list[str]) -> list[jwks.PublicKey]:
@@ -145,14 +123,6 @@ def _discovery(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print(to_json(document))
     return 0
-
-
-def render_findings(findings: list[Finding], ok_message: str) -> None:
-    for finding in findings:
-        print(format_finding(finding))
-    if not any(f.severity.value != "info" for f in findings):
-        print(ok_message)
-    print(format_summary(findings))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from webhook.cli import UsageError
-from webhook.cli.oidc import read_file
+from webhook.cli.common import output_flag, read_file
 from webhook.toolkit import oidc
 from webhook.toolkit import token as tokens
 from webhook.toolkit.jwks import parse_jwks
@@ -14,15 +14,6 @@ from webhook.toolkit.render import InputError, duration, parse_json, to_json, ut
 from webhook.toolkit.trust_policy import DEFAULT_AUDIENCE, WEB_IDENTITY_ACTION, find_policies
 
 HELP = "decode a projected ServiceAccount token, or verify it and predict STS's answer"
-
-
-def _output_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default), json for scripts",
-    )
 
 
 def _now_flag(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inspect = sub.add_parser("inspect", help="decode a token WITHOUT verifying it")
     inspect.add_argument("token", metavar="FILE", help="token file, or - for stdin")
     _now_flag(inspect)
-    _output_flag(inspect)
+    output_flag(inspect)
 
     verify = sub.add_parser(
         "verify",
@@ -78,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTPS timeout for --issuer-url (default 10)",
     )
     _now_flag(verify)
-    _output_flag(verify)
+    output_flag(verify)
 
 
 def _read_token(path: str) -> str:

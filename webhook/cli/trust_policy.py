@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from webhook.cli import UsageError
-from webhook.cli.oidc import read_file
+from webhook.cli.common import output_flag, read_file
 from webhook.toolkit import trust_policy
 from webhook.toolkit.render import (
     Finding,
@@ -19,15 +19,6 @@ from webhook.toolkit.render import (
 )
 
 HELP = "generate least-privilege IRSA trust policies and lint existing ones"
-
-
-def _output_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default), json for scripts",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=trust_policy.DEFAULT_AUDIENCE,
         help=f"token audience (default {trust_policy.DEFAULT_AUDIENCE})",
     )
-    _output_flag(generate)
+    output_flag(generate)
 
     lint = sub.add_parser(
         "lint",
@@ -75,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the role's account, to tell cross-account principals "
         "(default: the OIDC provider's account)",
     )
-    _output_flag(lint)
+    output_flag(lint)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -63,6 +63,30 @@ class _TokenBucket:
             time.sleep(delay)
 
 
+def kube_configuration(kubeconfig: str = "", api_url: str = "") -> Any:
+    """A kubernetes.client.Configuration: in-cluster unless --kubeconfig or --kube-api."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig or api_url:
+            configuration = client.Configuration()
+            if kubeconfig:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=configuration
+                )
+            if api_url:
+                configuration.host = api_url
+            return configuration
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.Configuration.get_default_copy()
+    except Exception as err:
+        where = kubeconfig or api_url or "the in-cluster service account"
+        raise KubeSourceError(
+            f"cannot configure the Kubernetes client from {where}: {str(err).rstrip('.')}. "
+            "Out of cluster, pass --kubeconfig or --kube-api"
+        ) from None
+
+
 class KubeAPIError(KubeSourceError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -198,26 +222,12 @@ class KubeSource:
         resync_seconds: float,
     ) -> KubeSource:
         """In-cluster config unless --kubeconfig or --kube-api is given (as upstream)."""
-        from kubernetes import client, config
+        from kubernetes import client
 
         try:
-            if kubeconfig or api_url:
-                configuration = client.Configuration()
-                if kubeconfig:
-                    config.load_kube_config(  # type: ignore[no-untyped-call]
-                        config_file=kubeconfig, client_configuration=configuration
-                    )
-                if api_url:
-                    configuration.host = api_url
-            else:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                configuration = client.Configuration.get_default_copy()
-        except Exception as err:
-            where = kubeconfig or api_url or "in-cluster service account"
-            raise KubeSourceError(
-                f"cannot configure the Kubernetes client from {where}: {err}. Out of cluster, pass "
-                "--kubeconfig or --kube-api; without a cluster, use --objects"
-            ) from None
+            configuration = kube_configuration(kubeconfig, api_url)
+        except KubeSourceError as err:
+            raise KubeSourceError(f"{err}; without a cluster, use --objects") from None
         configuration.connection_pool_maxsize = 8
         return cls(
             store, KubeClient(client.ApiClient(configuration)), config_map_namespace, resync_seconds

@@ -18,7 +18,13 @@ from urllib.parse import quote
 import orjson
 
 from webhook.core.settings import CONFIG_MAP_NAME, MutationSettings
-from webhook.sources.kube import PAGE_SIZE, KubeAPIError, KubeClient
+from webhook.sources.kube import (
+    PAGE_SIZE,
+    KubeAPIError,
+    KubeClient,
+    KubeSourceError,
+    kube_configuration,
+)
 from webhook.toolkit import audit
 from webhook.toolkit.audit import AuditReport, ObjectKey, Owner
 
@@ -129,26 +135,12 @@ class Cluster:
 
 def connect(kubeconfig: str = "", api_url: str = "", timeout: float = 30.0) -> Cluster:
     """In-cluster configuration unless --kubeconfig or --kube-api is given (as `serve`)."""
-    from kubernetes import client, config
+    from kubernetes import client
 
     try:
-        if kubeconfig or api_url:
-            configuration = client.Configuration()
-            if kubeconfig:
-                config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, client_configuration=configuration
-                )
-            if api_url:
-                configuration.host = api_url
-        else:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            configuration = client.Configuration.get_default_copy()
-    except Exception as err:
-        where = kubeconfig or api_url or "the in-cluster service account"
-        raise ClusterError(
-            f"cannot configure the Kubernetes client from {where}: {str(err).rstrip('.')}. "
-            "Out of cluster, pass --kubeconfig or --kube-api"
-        ) from None
+        configuration = kube_configuration(kubeconfig, api_url)
+    except KubeSourceError as err:
+        raise ClusterError(str(err)) from None
     return Cluster(KubeClient(client.ApiClient(configuration)), timeout)
 
 
