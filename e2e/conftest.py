@@ -1,0 +1,51 @@
+"""pytest plugin for e2e tests: a session-wide real control plane.
+
+Fixtures: `control_plane` (ControlPlane), `kube_client` (kubernetes.client.ApiClient
+as admin). Without Go or prebuilt binaries (build.sh exit 3) they skip, unless
+PIW_E2E_REQUIRED=1 (as `make e2e` sets), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from e2e.controlplane import ControlPlane, ToolsUnavailable, tools_dir
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build (or find) the binaries before any test runs: a first build takes far longer
+    # than the per-test timeout, which would otherwise count it against one test.
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        try:
+            tools_dir()
+        except ToolsUnavailable:
+            pass  # the fixture reports it as a skip
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    try:
+        tools = tools_dir()
+    except ToolsUnavailable as e:
+        if os.environ.get("PIW_E2E_REQUIRED") == "1":
+            pytest.fail(f"PIW_E2E_REQUIRED=1 but {e}")
+        pytest.skip(f"e2e skipped: {e}")
+    # A pytest temp dir (kept for the last few runs) so logs survive a failure.
+    with ControlPlane(tools, workdir=tmp_path_factory.mktemp("control-plane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kube_client(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
+    api: k8s_client.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(control_plane.kubeconfig)
+    )
+    try:
+        yield api
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
