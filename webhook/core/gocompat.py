@@ -101,7 +101,7 @@ def parse_duration(text: str) -> float:
     """`time.ParseDuration` → seconds. Accepts "0", "1.5s", "1m30s", "-2h", "300ms"."""
     original = text
     sign = 1.0
-    if text[:1] in "+-":
+    if text[:1] in ("+", "-"):
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if text == "0":
