@@ -27,6 +27,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             pass  # the fixture reports it as a skip
 
 
+# An alpha field newer than the upstream oracle's k8s.io/api (v0.36): the differential corpus
+# shows that upstream's container rewrite drops it and our additive patch keeps it.
+APISERVER_FEATURE_GATES = ("--feature-gates=VolumeBindMountOptions=true",)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the deliberate differences from upstream that the differential suite saw."""
+    from e2e import test_differential
+
+    if test_differential.DIFFERENCES:
+        terminalreporter.section("deliberate differences from the upstream webhook")
+        for line in sorted(set(test_differential.DIFFERENCES)):
+            terminalreporter.write_line(f"- {line}")
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     try:
@@ -36,7 +51,11 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             pytest.fail(f"PIW_E2E_REQUIRED=1 but {e}")
         pytest.skip(f"e2e skipped: {e}")
     # A pytest temp dir (kept for the last few runs) so logs survive a failure.
-    with ControlPlane(tools, workdir=tmp_path_factory.mktemp("control-plane")) as cp:
+    with ControlPlane(
+        tools,
+        workdir=tmp_path_factory.mktemp("control-plane"),
+        extra_apiserver_args=APISERVER_FEATURE_GATES,
+    ) as cp:
         yield cp
 
 

@@ -137,19 +137,30 @@ def test_stored_pod_has_env_mount_and_volume_and_keeps_newer_fields(live: Live) 
     wait_until(lambda: live.mutated_role(ns, "app") == ROLE, what="SA in cache")
     sidecar = {"name": "sidecar", "image": "registry.k8s.io/pause:3.10", "restartPolicy": "Always"}
     resize = [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]
+    # bindMountOptions is newer than upstream's vendored k8s.io/api: its rewrite drops it.
+    scratch = {"name": "scratch", "mountPath": "/scratch", "bindMountOptions": ["noexec"]}
+    app = {
+        "name": "app",
+        "image": "registry.k8s.io/pause:3.10",
+        "resizePolicy": resize,
+        "volumeMounts": [scratch],
+    }
     pod = live.pod(
         ns,
         "app",
         initContainers=[sidecar],
-        containers=[{"name": "app", "image": "registry.k8s.io/pause:3.10", "resizePolicy": resize}],
+        containers=[app],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
     )
-    for kind in ("initContainers", "containers"):
-        assert env_names(pod, kind=kind) == ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]
-        assert pod["spec"][kind][0]["volumeMounts"][0] == {
-            "name": "aws-iam-token",
-            "readOnly": True,
-            "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount",
-        }
+    assert env_names(pod, kind="initContainers") == ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]
+    assert env_names(pod) == ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]
+    ours_mount = {
+        "name": "aws-iam-token",
+        "readOnly": True,
+        "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount",
+    }
+    assert pod["spec"]["initContainers"][0]["volumeMounts"] == [ours_mount]
+    assert pod["spec"]["containers"][0]["volumeMounts"] == [scratch, ours_mount]
     assert pod["spec"]["initContainers"][0]["restartPolicy"] == "Always"
     assert pod["spec"]["containers"][0]["resizePolicy"] == resize
     token = pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]

@@ -637,6 +637,26 @@ def all_cases() -> list[dict[str, Any]]:
             describe="role name composed into an ARN",
         ),
         case("compose-arn-kept", "compose", pod(), ROLE_ONLY, describe="a full ARN is kept"),
+        # Appended last so earlier cases keep their numbers (and namespaces).
+        case(
+            "bind-mount-options",
+            "defaults",
+            pod(
+                c(
+                    volumeMounts=[
+                        {
+                            "name": "scratch",
+                            "mountPath": "/scratch",
+                            "bindMountOptions": ["noexec", "nosuid"],
+                        }
+                    ]
+                ),
+                volumes=[{"name": "scratch", "emptyDir": {}}],
+            ),
+            describe="volumeMounts[].bindMountOptions (Kubernetes 1.37, alpha) next to our mount",
+            improvement="fields newer than upstream's vendored k8s.io/api (here volumeMounts[].bindMountOptions, "
+            "new in Kubernetes 1.37) survive; upstream rewrites the containers and drops them",
+        ),
     ]
     return cases
 
