@@ -735,6 +735,8 @@ def generate(root: Path) -> list[Path]:
 
 
 def update_expected(directories: list[Path]) -> None:
+    import contextlib
+    import io
     import os
 
     from webhook.cli import main
@@ -744,18 +746,19 @@ def update_expected(directories: list[Path]) -> None:
         cwd = os.getcwd()
         os.chdir(directory)
         try:
-            code = main(
-                [
-                    "replay",
-                    *args,
-                    "--objects",
-                    "objects.yaml",
-                    "--expect",
-                    "expected",
-                    "--update-expected",
-                    "review.json",
-                ]
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the responses land in expected/
+                code = main(
+                    [
+                        "replay",
+                        *args,
+                        "--objects",
+                        "objects.yaml",
+                        "--expect",
+                        "expected",
+                        "--update-expected",
+                        "review.json",
+                    ]
+                )
         finally:
             os.chdir(cwd)
         if code != 0:

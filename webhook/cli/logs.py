@@ -47,11 +47,15 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(_fields(record), default=str).decode()
 
 
-def configure(verbosity: int, fmt: str) -> None:
+def configure(verbosity: int, fmt: str, quiet: bool = False) -> None:
+    """`quiet`: offline commands show only warnings unless -v asks for more."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity >= 4 else logging.INFO)
+    if verbosity >= 4:
+        root.setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.WARNING if quiet and verbosity == 0 else logging.INFO)
     for noisy in ("uvicorn", "uvicorn.error", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -221,7 +221,7 @@ def build_store(args: argparse.Namespace) -> IdentityStore:
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.configure(args.verbosity, args.log_format)
+    logs.configure(args.verbosity, args.log_format, quiet=True)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
     store = build_store(args)
