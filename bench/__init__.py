@@ -1,0 +1,2 @@
+"""Benchmarks: load generator, review mix, in-process microbenchmark, ours-vs-upstream run and
+the ServiceAccount cache at scale. See bench/README.md."""

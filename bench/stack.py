@@ -1,0 +1,164 @@
+"""Where a review's server CPU goes: the same load against progressively fuller servers.
+
+    asgi-fixed / http   uvicorn (uvloop + httptools) + a bare ASGI app with a fixed answer
+    asgi-fixed / https  the same over TLS
+    asgi-review / https a bare ASGI app calling webhook.review.review()
+    webhook / https     `python -m webhook serve --objects` (FastAPI, metrics, the real handler)
+
+Each step's extra server CPU per review is what that layer costs.
+
+    python bench/stack.py [--connections 4] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import loadgen, mix
+from bench.run import process_cpu
+from webhook import certs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def serve_asgi(variant: str, port: int, cert: str, key: str) -> None:
+    """Child-process entry point: a bare ASGI app under uvicorn, configured like ours."""
+    import uvicorn
+
+    from bench.microbench import make_store
+    from webhook.core.settings import MutationSettings
+    from webhook.review import review
+
+    settings = MutationSettings(aws_default_region=mix.REGION)
+    store = make_store(settings)
+    fixed = b'{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}'  # noqa: E501
+    headers = [(b"content-type", b"application/json")]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        answer = fixed if variant == "asgi-fixed" else review(body, store, settings).body
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    tls = {"ssl_certfile": cert, "ssl_keyfile": key} if cert else {}
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure(
+    argv: list[str], url: str, ca: Path | None, bodies: Sequence[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until it answers
+            try:
+                loadgen.run_load(url, ca, bodies[:1], requests=1, duration=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {argv}") from None
+                time.sleep(0.1)
+        result = loadgen.run_load(
+            url,
+            ca,
+            bodies,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=300,
+            server_cpu=process_cpu(proc.pid),
+        )
+        return result.summary()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--serve"]:
+        serve_asgi(arguments[1], int(arguments[2]), arguments[3], arguments[4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args(arguments)
+    bodies = mix.bodies(mix.generate(200, mix.V1BETA1))
+    with tempfile.TemporaryDirectory(prefix="piw-stack-") as tmp:
+        work = Path(tmp)
+        ca = certs.generate_ca("bench-stack-ca", 1)
+        paths = certs.write_bundle(
+            work, ca, certs.generate_serving_cert(ca, ["localhost"], ["127.0.0.1"], 1)
+        )
+        objects = work / "objects.json"
+        objects.write_bytes(mix.objects_document())
+        cert, key = str(paths.tls_cert), str(paths.tls_key)
+        rows = []
+        for variant, tls in (("asgi-fixed", False), ("asgi-fixed", True), ("asgi-review", True)):
+            port = _free_port()
+            child = [sys.executable, __file__, "--serve", variant, str(port)]
+            child += [cert, key] if tls else ["", ""]
+            scheme = "https" if tls else "http"
+            url = f"{scheme}://127.0.0.1:{port}/mutate"
+            rows.append(
+                (variant, scheme, measure(child, url, paths.ca_cert if tls else None, bodies, args))
+            )
+        port = _free_port()
+        serve = [
+            sys.executable, "-m", "webhook", "serve", "--bind-address", "127.0.0.1",
+            "--port", str(port), "--metrics-port", str(_free_port()), "--tls-cert", cert,
+            "--tls-key", key, "--objects", str(objects), f"--aws-default-region={mix.REGION}",
+        ]  # fmt: skip
+        url = f"https://127.0.0.1:{port}/mutate"
+        rows.append(("webhook", "https", measure(serve, url, paths.ca_cert, bodies, args)))
+    print(f"{'server':<12} {'':<6} {'req/s':>7} {'CPU µs/review':>14} {'step':>6}  errors")
+    previous = 0.0
+    for variant, scheme, s in rows:
+        cpu = s["server_cpu_us_per_req"]
+        print(
+            f"{variant:<12} {scheme:<6} {s['rps']:>7.0f} {cpu:>14.1f} {cpu - previous:>+6.0f}  "
+            f"{s['errors']}"
+        )
+        previous = cpu
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
