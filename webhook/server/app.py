@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from webhook.core.settings import MutationSettings
 from webhook.review import Outcome, PendingReview, finish_review, parse_review, reject
@@ -22,6 +23,8 @@ log = logging.getLogger("webhook.requests")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 _JSON = "application/json"
+_JSON_TYPE = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
 
 
 @dataclass(slots=True)
@@ -35,25 +38,51 @@ class WebhookContext:
     debug_handlers: bool = False
 
 
-def _is_json(content_type: str | None) -> bool:
+def _is_json(content_type: bytes | None) -> bool:
     if not content_type:
         return False
-    return content_type.split(";", 1)[0].strip().lower() == _JSON
+    return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed `limit`."""
-    declared = request.headers.get("content-length")
+    declared = _header(scope, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # client went away
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def run_review(ctx: WebhookContext, body: bytes) -> Outcome:
@@ -82,43 +111,62 @@ def _log_outcome(outcome: Outcome) -> None:
     )
 
 
-def create_webhook_app(ctx: WebhookContext) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    metrics = ctx.metrics
+class MutateEndpoint:
+    """`/mutate` as a bare ASGI handler in front of the FastAPI app.
 
-    @app.post("/mutate")
-    async def mutate(request: Request) -> Response:
+    Every pod creation in the cluster goes through here; FastAPI's routing and request
+    objects cost about a third of our CPU per review (bench/stack.py), so the hot path
+    skips them. Every other path is FastAPI's. Like upstream, any method reaches the
+    handler and the Content-Type decides.
+    """
+
+    def __init__(self, ctx: WebhookContext, app: ASGIApp) -> None:
+        self.ctx = ctx
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/mutate":
+            await self.app(scope, receive, send)
+            return
+        ctx = self.ctx
         started = time.perf_counter()
         status = 200
         try:
-            if not _is_json(request.headers.get("content-type")):
+            content_type = _header(scope, b"content-type")
+            if not _is_json(content_type):
                 status = 415
-                log.error(
-                    "Content-Type=%s, expected application/json",
-                    request.headers.get("content-type"),
+                log.error("Content-Type=%s, expected application/json", content_type)
+                await _send(
+                    send, 415, b"Invalid Content-Type, expected `application/json`\n", _TEXT
                 )
-                return PlainTextResponse("Invalid Content-Type, expected `application/json`\n", 415)
-            body = await _read_limited(request, ctx.max_request_bytes)
+                return
+            body = await _read_limited(scope, receive, ctx.max_request_bytes)
             if body is None:
                 status = 413
-                return PlainTextResponse(
-                    f"request body over {ctx.max_request_bytes} bytes (--max-request-bytes)\n",
-                    413,
-                )
+                message = f"request body over {ctx.max_request_bytes} bytes (--max-request-bytes)\n"
+                await _send(send, 413, message.encode(), _TEXT)
+                return
             try:
                 outcome = await run_review(ctx, body)
             except Exception as err:  # a bug must never take the server down
                 log.exception("review failed")
                 outcome = reject(f"internal error while reviewing the pod: {err}")
             if outcome.method is not None:
-                metrics.pod_identity_applied(outcome.method)
+                ctx.metrics.pod_identity_applied(outcome.method)
             elif outcome.missing_service_account:
-                metrics.service_account_missing()
+                ctx.metrics.service_account_missing()
             if log.isEnabledFor(logging.DEBUG):
                 _log_outcome(outcome)
-            return Response(outcome.body, media_type=_JSON)
+            await _send(send, 200, outcome.body, _JSON_TYPE)
         finally:
-            metrics.observe_request("POST", "/mutate", status, time.perf_counter() - started)
+            ctx.metrics.observe_request(
+                scope["method"], "/mutate", status, time.perf_counter() - started
+            )
+
+
+def create_webhook_app(ctx: WebhookContext) -> ASGIApp:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    metrics = ctx.metrics
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -142,7 +190,7 @@ def create_webhook_app(ctx: WebhookContext) -> FastAPI:
             metrics.observe_request("POST", "/debug/alpha/500", 500, 0.0)
             return PlainTextResponse("test error\n", 500)
 
-    return app
+    return MutateEndpoint(ctx, app)
 
 
 def reject_response(message: str) -> Response:

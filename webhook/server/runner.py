@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 log = logging.getLogger("webhook.server")
 
@@ -51,7 +51,7 @@ class _QuietServer(uvicorn.Server):
 
 @dataclass(slots=True)
 class Listener:
-    app: FastAPI
+    app: ASGIApp
     host: str
     port: int
     ssl_context: ssl.SSLContext | None = None
