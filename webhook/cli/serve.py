@@ -242,9 +242,10 @@ def run(args: argparse.Namespace) -> int:
         background=jobs,
     )
     log.info(
-        "starting listeners on %s:%d (https) and :%d (metrics)",
+        "starting listeners on %s:%d (https) and %s:%d (metrics)",
         args.bind_address,
         args.port,
+        args.bind_address,
         args.metrics_port,
     )
     run_servers(group)
