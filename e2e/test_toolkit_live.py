@@ -49,6 +49,16 @@ def issuer(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
     return {"dir": work, "discovery": discovery, "issuer": discovery["issuer"]}
 
 
+@pytest.fixture()
+def keys_json(
+    control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> Path:
+    _, jwks, _ = run(capsys, "oidc", "keys", "--public-key", str(control_plane.sa_public_key_path))
+    path: Path = issuer["dir"] / "keys.json"
+    path.write_text(jwks)
+    return path
+
+
 def test_oidc_keys_from_the_signing_key_match_the_api_servers_jwks(
     control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -62,11 +72,12 @@ def test_oidc_keys_from_the_signing_key_match_the_api_servers_jwks(
 
 
 def test_a_token_the_api_server_minted_verifies_against_our_jwks(
-    control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane,
+    issuer: dict[str, Any],
+    keys_json: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     work: Path = issuer["dir"]
-    _, jwks, _ = run(capsys, "oidc", "keys", "--public-key", str(control_plane.sa_public_key_path))
-    (work / "keys.json").write_text(jwks)
     (work / "token").write_text(token_for(control_plane, "app"))
     code, out, err = run(
         capsys,
@@ -74,7 +85,7 @@ def test_a_token_the_api_server_minted_verifies_against_our_jwks(
         "verify",
         str(work / "token"),
         "--jwks",
-        str(work / "keys.json"),
+        str(keys_json),
         "--audience",
         "sts.amazonaws.com",
         "--output",
@@ -86,11 +97,12 @@ def test_a_token_the_api_server_minted_verifies_against_our_jwks(
 
 
 def test_oidc_check_accepts_the_api_servers_discovery_and_a_real_token(
-    control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane,
+    issuer: dict[str, Any],
+    keys_json: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     work: Path = issuer["dir"]
-    _, jwks, _ = run(capsys, "oidc", "keys", "--public-key", str(control_plane.sa_public_key_path))
-    (work / "keys.json").write_text(jwks)
     (work / "token").write_text(token_for(control_plane, "app"))
     code, out, err = run(
         capsys,
@@ -99,7 +111,7 @@ def test_oidc_check_accepts_the_api_servers_discovery_and_a_real_token(
         "--issuer",
         issuer["issuer"],
         "--jwks",
-        str(work / "keys.json"),
+        str(keys_json),
         "--discovery",
         str(work / "discovery.json"),
         "--token",
@@ -109,11 +121,12 @@ def test_oidc_check_accepts_the_api_servers_discovery_and_a_real_token(
 
 
 def test_generated_trust_policy_admits_its_service_account_and_refuses_another(
-    control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane,
+    issuer: dict[str, Any],
+    keys_json: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     work: Path = issuer["dir"]
-    _, jwks, _ = run(capsys, "oidc", "keys", "--public-key", str(control_plane.sa_public_key_path))
-    (work / "keys.json").write_text(jwks)
     code, policy, _ = run(
         capsys,
         "trust-policy",
@@ -138,7 +151,7 @@ def test_generated_trust_policy_admits_its_service_account_and_refuses_another(
             "verify",
             str(work / f"{sa}.token"),
             "--jwks",
-            str(work / "keys.json"),
+            str(keys_json),
             "--role-trust-policy",
             str(work / "policy.json"),
         )
@@ -151,11 +164,12 @@ def test_generated_trust_policy_admits_its_service_account_and_refuses_another(
 
 
 def test_a_token_for_another_audience_is_rejected_like_sts_does(
-    control_plane: ControlPlane, issuer: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    control_plane: ControlPlane,
+    issuer: dict[str, Any],
+    keys_json: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     work: Path = issuer["dir"]
-    _, jwks, _ = run(capsys, "oidc", "keys", "--public-key", str(control_plane.sa_public_key_path))
-    (work / "keys.json").write_text(jwks)
     (work / "wrong-aud.token").write_text(
         token_for(control_plane, "app", audience="https://kubernetes.default.svc")
     )
@@ -165,7 +179,7 @@ def test_a_token_for_another_audience_is_rejected_like_sts_does(
         "verify",
         str(work / "wrong-aud.token"),
         "--jwks",
-        str(work / "keys.json"),
+        str(keys_json),
         "--audience",
         "sts.amazonaws.com",
     )

@@ -46,17 +46,21 @@ def admission_review(
     operation: str = "CREATE",
     uid: str = "uid-1",
     kind: str = "Pod",
+    group: str = "",
+    resource: str = "pods",
     **request: Any,
 ) -> dict[str, Any]:
+    """A review shaped like the API server's, for `obj` (usually a pod)."""
     return {
         "apiVersion": version,
         "kind": "AdmissionReview",
         "request": {
             "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": kind},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
             "namespace": namespace,
             "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
             "object": obj,
             **request,
         },

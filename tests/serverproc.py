@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
+from tests.builders import admission_review  # noqa: F401  (re-exported for the HTTPS tests)
 from webhook import certs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,32 +139,6 @@ def pod(
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {"serviceAccountName": service_account_name, "containers": [container]},
-    }
-
-
-def admission_review(
-    obj: Any,
-    *,
-    uid: str = "uid-1",
-    namespace: str = "default",
-    version: str = "admission.k8s.io/v1",
-    operation: str = "CREATE",
-    kind: str = "Pod",
-    group: str = "",
-    resource: str = "pods",
-) -> dict[str, Any]:
-    return {
-        "apiVersion": version,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": resource},
-            "namespace": namespace,
-            "operation": operation,
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": obj,
-        },
     }
 
 
