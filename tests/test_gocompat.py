@@ -52,6 +52,7 @@ def test_parse_int64_rejects_what_strconv_rejects(text: str) -> None:
         ("\n\na", ["a"]),  # blank lines are skipped
         ("a,", ["a", ""]),
         ("a\r\nb", ["a"]),
+        ("a\r", ["a"]),  # a lone trailing \r before EOF is dropped
         ('"multi\nline",z', ["multi\nline", "z"]),
     ],
 )

@@ -81,6 +81,12 @@ def _audit_event_review(event: dict[str, Any]) -> dict[str, Any] | None:
         or not isinstance(event.get("requestObject"), dict)
     ):
         return None
+    pod = event["requestObject"]
+    spec = pod.get("spec")
+    if isinstance(spec, dict) and not spec.get("serviceAccountName"):
+        # Audit logs record the object before admission; the ServiceAccount admission plugin
+        # (which runs before webhooks) would have filled in "default".
+        pod = {**pod, "spec": {**spec, "serviceAccountName": "default"}}
     return {
         "apiVersion": V1,
         "kind": "AdmissionReview",
@@ -90,7 +96,7 @@ def _audit_event_review(event: dict[str, Any]) -> dict[str, Any] | None:
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": ref.get("namespace", ""),
             "operation": "CREATE",
-            "object": event["requestObject"],
+            "object": pod,
         },
     }
 
@@ -114,8 +120,8 @@ def _reviews_in(document: Any) -> Iterator[tuple[dict[str, Any] | None, bytes | 
             yield document, None  # not a review: the pipeline answers with a clear error
 
 
-def _cases_from_text(label: str, data: bytes) -> Iterator[Case]:
-    stem = Path(label).stem if label != "-" else "stdin"
+def _cases_from_text(label: str, data: bytes, stem: str) -> Iterator[Case]:
+    """`stem` names the cases: unique per input file, so --expect files never collide."""
     try:
         whole = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -144,17 +150,19 @@ def _cases_from_text(label: str, data: bytes) -> Iterator[Case]:
 def read_cases(inputs: Sequence[str]) -> Iterator[Case]:
     for item in inputs:
         if item == "-":
-            yield from _cases_from_text("-", sys.stdin.buffer.read())
+            yield from _cases_from_text("-", sys.stdin.buffer.read(), "stdin")
             continue
         path = Path(item)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+            for file in files:
+                # Relative to the directory: a/review.json and b/review.json stay distinct.
+                stem = file.relative_to(path).with_suffix("").as_posix()
+                yield from _cases_from_text(str(file), file.read_bytes(), stem)
         elif path.is_file():
-            files = [path]
+            yield from _cases_from_text(str(path), path.read_bytes(), path.stem)
         else:
             raise UsageError(f"{item}: no such file or directory")
-        for file in files:
-            yield from _cases_from_text(str(file), file.read_bytes())
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -231,8 +239,16 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     count = 0
     out = sys.stdout
+    seen: set[str] = set()
     for case in read_cases(args.inputs):
         count += 1
+        if expect_dir is not None:
+            if case.name in seen:
+                raise UsageError(
+                    f"two inputs are both named {case.name!r} for --expect; "
+                    "pass the directory that holds them instead"
+                )
+            seen.add(case.name)
         outcome = review(case.body, store, store.settings)
         response = orjson.loads(outcome.body)
         if args.output == "response":
@@ -247,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         expected_file = expect_dir / f"{case.name}.json"
         if args.update_expected:
+            expected_file.parent.mkdir(parents=True, exist_ok=True)
             expected_file.write_bytes(orjson.dumps(response, option=orjson.OPT_INDENT_2) + b"\n")
             continue
         if not expected_file.exists():

@@ -136,19 +136,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _container_credentials_job(path: str, store: IdentityStore) -> Job:
+    """Load the identities file now and watch it. A missing or broken file is logged and
+    retried, never fatal: the webhook keeps serving web identity for every other pod."""
+
     def load() -> None:
         try:
             content = Path(path).read_bytes()
         except FileNotFoundError:
             log.warning("container credentials file %s does not exist (yet); no identities", path)
             content = b""
-        store.set_container_credentials(parse_identities(content))
+        try:
+            store.set_container_credentials(parse_identities(content))
+        except ContainerCredentialsError as err:
+            raise ContainerCredentialsError(f"{path}: {err}") from None
 
+    failing = False
     try:
         load()
     except (ContainerCredentialsError, OSError) as err:
-        raise UsageError(f"--watch-container-credentials-config {path}: {err}") from None
-    return partial(filewatch.watch, [path], load, RELOAD_INTERVAL_SECONDS, path)
+        log.error("container credentials file unusable, starting without identities: %s", err)
+        failing = True
+    return partial(
+        filewatch.watch,
+        [path],
+        load,
+        RELOAD_INTERVAL_SECONDS,
+        path,
+        in_thread=True,
+        failing=failing,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
                 source.load,
                 RELOAD_INTERVAL_SECONDS,
                 "--objects",
+                in_thread=True,
             )
         )
 

@@ -43,6 +43,8 @@ def csv_first_record(text: str) -> list[str] | None:
     closing quote is an error, and a record ends at the first newline outside quotes.
     """
     text = text.replace("\r\n", "\n")
+    if text.endswith("\r"):  # the reader drops a lone trailing \r before EOF
+        text = text[:-1]
     pos = 0
     n = len(text)
     while pos < n and text[pos] == "\n":  # the reader skips empty lines

@@ -149,8 +149,12 @@ class MutateEndpoint:
             try:
                 outcome = await run_review(ctx, body)
             except Exception as err:  # a bug must never take the server down
+                # A 500 lets the API server apply the configured failurePolicy; an answer
+                # built without the request's uid and version would be rejected anyway.
                 log.exception("review failed")
-                outcome = reject(f"internal error while reviewing the pod: {err}")
+                status = 500
+                await _send(send, 500, f"internal error while reviewing: {err}\n".encode(), _TEXT)
+                return
             if outcome.method is not None:
                 ctx.metrics.pod_identity_applied(outcome.method)
             elif outcome.missing_service_account:

@@ -115,6 +115,7 @@ class Metrics:
             ),
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Histogram, Summary, Histogram]] = {}
         self.used = Gauge(
             "pod_identity_webhook_used",
             "Indicator to know pod identity webhook is used",
@@ -137,10 +138,18 @@ class Metrics:
 
     def observe_request(self, verb: str, path: str, code: int, seconds: float) -> None:
         self.counters.inc("http_request_count", verb, path, str(code))
+        children = self._children.get((verb, path))
+        if children is None:  # resolve label sets once per (verb, path), not per request
+            children = (
+                self._latency_us.labels(verb, path),
+                self._duration_us.labels(verb, path),
+                self._latency_s.labels(path),
+            )
+            self._children[(verb, path)] = children
         micros = seconds * 1e6
-        self._latency_us.labels(verb, path).observe(micros)
-        self._duration_us.labels(verb, path).observe(micros)
-        self._latency_s.labels(path).observe(seconds)
+        children[0].observe(micros)
+        children[1].observe(micros)
+        children[2].observe(seconds)
 
     def pod_identity_applied(self, method: str) -> None:
         self.counters.inc("pod_identity_webhook_pod_count", method)

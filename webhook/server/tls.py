@@ -8,8 +8,12 @@ thread, the same thread that accepts connections, so they never race a handshake
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
+import tempfile
+from collections.abc import Iterator
 
 log = logging.getLogger("webhook.tls")
 
@@ -111,16 +115,54 @@ def server_context(
     return ctx
 
 
+@contextlib.contextmanager
+def _in_memory(data: bytes) -> Iterator[str]:
+    """A path with `data` behind it, without writing to any filesystem (read-only roots)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("pod-identity-webhook-tls", 0)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as handle:
+                handle.write(data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile() as handle:  # pragma: no cover (non-Linux)
+        handle.write(data)
+        handle.flush()
+        yield handle.name
+
+
+def _load_pair(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    with _in_memory(cert_pem) as cert_path, _in_memory(key_pem) as key_path:
+        ctx.load_cert_chain(cert_path, key_path)
+
+
 class CertificateReloader:
-    """Re-reads the key pair into the live context; a half-rotated pair is retried later."""
+    """Re-reads the key pair into the live context.
+
+    The files are read once; the bytes are checked in a scratch context and only those same
+    bytes are loaded into the live one, so a pair caught mid-rotation is rejected (and
+    retried by the watcher) instead of leaving the listener without a certificate.
+    """
 
     def __init__(self, ctx: ssl.SSLContext, cert: str, key: str) -> None:
         self.ctx, self.cert, self.key = ctx, cert, key
         self.reloads = 0
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            self._good = (c.read(), k.read())
 
     def reload(self) -> None:
-        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        probe.load_cert_chain(self.cert, self.key)  # raises if the pair is mid-rotation
-        self.ctx.load_cert_chain(self.cert, self.key)
+        with open(self.cert, "rb") as c, open(self.key, "rb") as k:
+            pair = (c.read(), k.read())
+        if pair == self._good:
+            return
+        _load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), *pair)  # raises if mismatched
+        try:
+            _load_pair(self.ctx, *pair)
+        except (OSError, ssl.SSLError):
+            _load_pair(self.ctx, *self._good)  # never leave the listener without a pair
+            raise
+        self._good = pair
         self.reloads += 1
         log.info("reloaded serving certificate from %s", self.cert)

@@ -2,7 +2,8 @@
 
 Kubernetes updates mounted Secrets and ConfigMaps by swapping a `..data` symlink, and editors
 replace files by rename; both change the inode that `os.stat` (following links) reports. We
-compare (inode, size, mtime) every interval and re-read on any change.
+compare (inode, size, mtime) every interval and re-read on any change. A failed reload is
+retried every interval until it succeeds (a permission fix changes no signature).
 """
 
 from __future__ import annotations
@@ -34,16 +35,33 @@ async def watch(
     on_change: Callable[[], None],
     interval: float,
     what: str,
+    *,
+    in_thread: bool = False,
+    failing: bool = False,
 ) -> None:
-    """Call `on_change` whenever any of `paths` changes; runs until cancelled."""
+    """Call `on_change` whenever any of `paths` changes, and again while it keeps failing.
+
+    `in_thread`: run it off the event loop (a large --objects file must not stall reviews).
+    `failing`: the caller's first load failed; retry from the first interval.
+    """
     last = signatures(paths)
+    last_error: str | None = "initial load failed" if failing else None
     while True:
         await asyncio.sleep(interval)
         current = signatures(paths)
-        if current == last:
+        if current == last and last_error is None:
             continue
-        last = current
         try:
-            on_change()
-        except Exception as err:  # keep serving with the previous contents
-            log.error("reload of %s failed, keeping the previous version: %s", what, err)
+            if in_thread:
+                await asyncio.to_thread(on_change)
+            else:
+                on_change()
+        except Exception as err:  # keep serving with the previous contents, retry later
+            if str(err) != last_error:
+                log.error("reload of %s failed, keeping the previous version: %s", what, err)
+            last_error = str(err)
+            last = current
+            continue
+        if last_error is not None:
+            log.info("reloaded %s", what)
+        last, last_error = current, None

@@ -3,8 +3,8 @@
 
 List + watch over raw JSON (no client model classes: they cost memory and time and we keep
 only names and prefixed annotations), resuming from the last resourceVersion, with bookmarks,
-a relist on 410 Gone or error, capped exponential backoff, and a periodic relist
-(--resync-period). Runs in daemon threads; writes go into the IdentityStore.
+a relist only on 410 Gone or error, capped exponential backoff; --resync-period bounds each
+watch request. Runs in daemon threads; writes go into the IdentityStore.
 """
 
 from __future__ import annotations
@@ -288,9 +288,11 @@ class KubeSource:
         def accounts() -> Iterator[tuple[str, str, dict[str, str] | None]]:
             continue_token = ""
             while True:
-                query = [("limit", str(PAGE_SIZE))]
+                # resourceVersion=0: served from the API server's watch cache, not etcd (as
+                # client-go's reflector lists); the watch then resumes from the list's version.
+                query = [("limit", str(PAGE_SIZE)), ("resourceVersion", "0")]
                 if continue_token:
-                    query.append(("continue", continue_token))
+                    query = [("limit", str(PAGE_SIZE)), ("continue", continue_token)]
                 page = self.client.get_json("/api/v1/serviceaccounts", query)
                 for item in page.get("items") or ():
                     meta = item.get("metadata") or {}
@@ -311,17 +313,23 @@ class KubeSource:
         return str(list_meta.get("resourceVersion", ""))
 
     def _service_accounts_once(self) -> None:
-        """One list, then watches from its resourceVersion until the resync period ends."""
+        """One list, then watches resumed from the last resourceVersion for as long as they
+        work; only an error or 410 Gone brings the next list (from _run_loop).
+
+        Upstream's --resync-period is an informer resync: it replays the local store and sends
+        nothing to the API server. Our cache has nothing to replay, so the period bounds each
+        watch request instead; a periodic full LIST would cost large clusters an etcd read of
+        every ServiceAccount per replica per period.
+        """
         version = self._list_service_accounts()
-        relist_at = (
-            time.monotonic() + self.resync_seconds if self.resync_seconds > 0 else float("inf")
-        )
-        while not self._stop.is_set() and time.monotonic() < relist_at:
-            timeout = int(min(WATCH_TIMEOUT_SECONDS, max(1.0, relist_at - time.monotonic())))
+        watch_seconds = WATCH_TIMEOUT_SECONDS
+        if self.resync_seconds > 0:
+            watch_seconds = int(min(WATCH_TIMEOUT_SECONDS, max(1.0, self.resync_seconds)))
+        while not self._stop.is_set():
             query = [
                 ("resourceVersion", version),
                 ("allowWatchBookmarks", "true"),
-                ("timeoutSeconds", str(timeout)),
+                ("timeoutSeconds", str(watch_seconds)),
             ]
             for event in self.client.watch("/api/v1/serviceaccounts", query, self._stop):
                 version = self._apply_service_account_event(event) or version
@@ -368,7 +376,7 @@ class KubeSource:
         namespace = quote(self.config_map_namespace or "", safe="")
         path = f"/api/v1/namespaces/{namespace}/configmaps"
         selector = ("fieldSelector", f"metadata.name={CONFIG_MAP_NAME}")
-        listing = self.client.get_json(path, [selector])
+        listing = self.client.get_json(path, [selector, ("resourceVersion", "0")])
         items = listing.get("items") or []
         self._apply_config_map(items[0] if items else None)
         self._cm_synced.set()

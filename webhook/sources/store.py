@@ -1,7 +1,8 @@
 """The in-memory identity index every source writes into and every review reads from.
 
-Writers (file reloads, Kubernetes watch threads) replace whole values; readers do plain dict
-lookups. Under the GIL each single assignment is atomic, so no lock is needed on the hot path.
+Writers (file reloads, Kubernetes watch and fetch threads) serialise on a short lock; readers
+do plain dict lookups, which are atomic under the GIL, so the hot path takes no lock.
+Iteration works on a copy (a C-level copy that no write can interleave with).
 Only the ServiceAccount annotations under the configured prefix are kept, parsed once.
 """
 
@@ -33,6 +34,10 @@ class IdentityStore:
         self._service_accounts: dict[str, IdentityEntry] = {}
         self._config_map: ConfigMapIndex = EMPTY_INDEX
         self._container_credentials: frozenset[tuple[str, str]] = frozenset()
+        self._write_lock = threading.Lock()
+        # While a full replacement is being built, single writes are also recorded here and
+        # replayed on top of it, so a direct fetch racing a relist is not lost (None: deleted).
+        self._replacing: dict[str, IdentityEntry | None] | None = None
         self._arrival_lock = threading.Lock()
         self._arrivals: dict[str, list[ArrivalCallback]] = {}
 
@@ -56,7 +61,7 @@ class IdentityStore:
     @property
     def identity_count(self) -> int:
         plain = self._plain
-        return sum(1 for entry in self._service_accounts.values() if entry is not plain)
+        return sum(1 for entry in list(self._service_accounts.values()) if entry is not plain)
 
     def snapshot(self) -> dict[str, object]:
         """The cache as JSON-able data, for the opt-in debug handler."""
@@ -69,7 +74,7 @@ class IdentityStore:
                     "UseRegionalSTS": e.use_regional_sts,
                     "TokenExpiration": e.token_expiration,
                 }
-                for key, e in self._service_accounts.items()
+                for key, e in list(self._service_accounts.items())
                 if e is not plain
             },
             "serviceAccountsWithoutRole": self.service_account_count - self.identity_count,
@@ -87,18 +92,40 @@ class IdentityStore:
         self, namespace: str, name: str, annotations: Mapping[str, str] | None
     ) -> None:
         key = sa_key(namespace, name)
-        self._service_accounts[key] = self.entry_for(annotations)
+        entry = self.entry_for(annotations)
+        with self._write_lock:
+            self._service_accounts[key] = entry
+            if self._replacing is not None:
+                self._replacing[key] = entry
         self._notify(key)
 
     def delete_service_account(self, namespace: str, name: str) -> None:
-        self._service_accounts.pop(sa_key(namespace, name), None)
+        key = sa_key(namespace, name)
+        with self._write_lock:
+            self._service_accounts.pop(key, None)
+            if self._replacing is not None:
+                self._replacing[key] = None
 
     def replace_service_accounts(
         self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]
     ) -> None:
         """Swap in a complete set (a relist or a file reload) in one assignment."""
-        fresh = {sa_key(ns, name): self.entry_for(ann) for ns, name, ann in accounts}
-        self._service_accounts = fresh
+        with self._write_lock:
+            self._replacing = {}
+        try:
+            fresh = {sa_key(ns, name): self.entry_for(ann) for ns, name, ann in accounts}
+        except BaseException:
+            with self._write_lock:
+                self._replacing = None
+            raise
+        with self._write_lock:
+            for key, entry in (self._replacing or {}).items():
+                if entry is None:
+                    fresh.pop(key, None)
+                else:
+                    fresh[key] = entry
+            self._service_accounts = fresh
+            self._replacing = None
         with self._arrival_lock:
             waiting = [key for key in self._arrivals if key in fresh]
         for key in waiting:
@@ -111,7 +138,8 @@ class IdentityStore:
         self._container_credentials = frozenset(identities)
 
     def clear(self) -> None:
-        self._service_accounts = {}
+        with self._write_lock:
+            self._service_accounts = {}
         self._config_map = EMPTY_INDEX
 
     # -- arrival notifications (service-account lookup grace period) ------------------------

@@ -1,0 +1,208 @@
+"""Failure handling found in review: each test pins a fix."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from webhook.certs import generate_ca, generate_serving_cert, write_bundle
+from webhook.cli import main
+from webhook.core.identity import Lookup
+from webhook.core.settings import MutationSettings
+from webhook.server.app import WebhookContext, create_webhook_app
+from webhook.server.grace import GraceLookup
+from webhook.server.metrics import Metrics
+from webhook.server.tls import CertificateReloader, server_context
+from webhook.sources.store import IdentityStore
+
+from .builders import ROLE, admission_review, pod
+from .serverproc import make_certs, running_webhook, service_account, wait_until, write_objects
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def test_a_direct_fetch_racing_a_relist_is_not_lost() -> None:
+    store = IdentityStore(MutationSettings())
+
+    def relist() -> Iterator[tuple[str, str, dict[str, str] | None]]:
+        yield "ns", "old", None
+        # A grace-period fetch lands while the relist is still being built.
+        store.put_service_account("ns", "fresh", {"eks.amazonaws.com/role-arn": ROLE})
+        yield "ns", "other", None
+
+    store.replace_service_accounts(relist())
+    fresh = store.lookup("ns", "fresh").service_account
+    assert fresh is not None and fresh.role_arn == ROLE
+    assert store.service_account_count == 3
+
+
+def test_a_delete_racing_a_relist_wins() -> None:
+    store = IdentityStore(MutationSettings())
+    store.put_service_account("ns", "gone", None)
+
+    def relist() -> Iterator[tuple[str, str, dict[str, str] | None]]:
+        yield "ns", "gone", None
+        store.delete_service_account("ns", "gone")
+
+    store.replace_service_accounts(relist())
+    assert store.lookup("ns", "gone").service_account is None
+
+
+# -- TLS reload -----------------------------------------------------------------------------
+
+
+def _handshake(server_ctx: ssl.SSLContext, ca_pem: bytes) -> bool:
+    """A full TLS handshake in memory between a verifying client and `server_ctx`."""
+    client_ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, side in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    side.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return True
+    return False
+
+
+def test_a_mismatched_pair_is_refused_and_the_listener_keeps_its_certificate(
+    tmp_path: Path,
+) -> None:
+    ca = generate_ca("reload-ca", 2)
+    paths = write_bundle(tmp_path, ca, generate_serving_cert(ca, ["localhost"], [], 1))
+    ctx = server_context(str(paths.tls_cert), str(paths.tls_key))
+    reloader = CertificateReloader(ctx, str(paths.tls_cert), str(paths.tls_key))
+    # Half-rotated: a new certificate next to the old key.
+    other = generate_serving_cert(ca, ["localhost"], [], 1)
+    paths.tls_cert.write_bytes(other.cert_pem)
+    with pytest.raises(ssl.SSLError):
+        reloader.reload()
+    assert _handshake(ctx, ca.cert_pem)
+    paths.tls_key.write_bytes(other.key_pem)  # rotation completes
+    reloader.reload()
+    assert reloader.reloads == 1 and _handshake(ctx, ca.cert_pem)
+
+
+# -- the request path -----------------------------------------------------------------------
+
+
+class _BrokenLookup(GraceLookup):
+    async def lookup(self, namespace: str, service_account: str) -> Lookup:
+        raise RuntimeError("simulated bug")
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_an_internal_error_is_a_500_so_the_failure_policy_applies() -> None:
+    store = IdentityStore(MutationSettings())
+    metrics = Metrics()
+    ctx = WebhookContext(
+        MutationSettings(), store, _BrokenLookup(store, 0, None), metrics, lambda: True
+    )
+    transport = httpx.ASGITransport(app=create_webhook_app(ctx))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/mutate", json=admission_review(pod()))
+        assert response.status_code == 500
+        assert "simulated bug" in response.text
+        assert (await client.get("/healthz")).text == "ok"
+    assert metrics.counters.value("http_request_count", "POST", "/mutate", "500") == 1
+
+
+# -- container credentials file -------------------------------------------------------------
+
+
+def test_a_broken_identities_file_at_start_is_logged_and_retried_not_fatal(tmp_path: Path) -> None:
+    files = make_certs(tmp_path / "certs")
+    objects = tmp_path / "objects.json"
+    write_objects(objects, [service_account("pi")])
+    identities = tmp_path / "identities.json"
+    identities.write_text('{"identities": [')  # caught mid-write
+    with running_webhook(
+        tls_cert=files.tls_cert,
+        tls_key=files.tls_key,
+        ca_pem=files.ca.cert_pem,
+        objects=objects,
+        log_path=tmp_path / "server.log",
+        extra_args=(f"--watch-container-credentials-config={identities}",),
+    ) as server:
+        assert "starting without identities" in server.log_text()
+        identities.write_text(
+            json.dumps({"identities": [{"namespace": "default", "serviceAccount": "pi"}]})
+        )
+
+        def pod_identity() -> bool:
+            with server.client() as https:
+                body = https.post("/mutate", json=admission_review(pod(sa="pi"))).json()
+            return "patch" in body["response"]
+
+        wait_until(pod_identity, timeout=10, what="identities picked up after the fix")
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+def test_replay_names_cases_by_path_so_expected_files_never_collide(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = tmp_path / "objects.json"
+    write_objects(
+        objects, [service_account("app", annotations={"eks.amazonaws.com/role-arn": ROLE})]
+    )
+    for sub, sa in (("a", "app"), ("b", "nobody")):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        (tmp_path / "in" / sub / "review.json").write_text(json.dumps(admission_review(pod(sa=sa))))
+    golden = tmp_path / "golden"
+    base = ["replay", "--objects", str(objects), "--expect", str(golden)]
+    assert main([*base, "--update-expected", str(tmp_path / "in")]) == 0
+    assert sorted(p.relative_to(golden).as_posix() for p in golden.rglob("*.json")) == [
+        "a/review.json",
+        "b/review.json",
+    ]
+    assert main([*base, str(tmp_path / "in")]) == 0
+    same_name = [
+        str(tmp_path / "in" / "a" / "review.json"),
+        str(tmp_path / "in" / "b" / "review.json"),
+    ]
+    assert main([*base, *same_name]) == 2
+    assert "both named 'review'" in capsys.readouterr().err
+
+
+def test_replayed_audit_events_use_the_default_service_account_as_admission_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = tmp_path / "objects.json"
+    write_objects(
+        objects, [service_account("default", annotations={"eks.amazonaws.com/role-arn": ROLE})]
+    )
+    unadmitted: dict[str, Any] = pod()
+    del unadmitted["spec"]["serviceAccountName"]
+    event = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "auditID": "a1",
+        "verb": "create",
+        "objectRef": {"resource": "pods", "namespace": "default"},
+        "requestObject": unadmitted,
+    }
+    log = tmp_path / "audit.log"
+    log.write_text(json.dumps(event) + "\n")
+    assert main(["replay", "--objects", str(objects), str(log)]) == 0
+    assert "patch" in json.loads(capsys.readouterr().out)["response"]
