@@ -239,3 +239,10 @@ class TestConfigMap:
     def test_empty_document_means_no_entries(self) -> None:
         assert len(parse_config("", S)) == 0
         assert len(parse_config(None, S)) == 0
+
+
+def test_an_empty_role_annotation_is_no_role_even_with_compose_role_arn() -> None:
+    settings = MutationSettings(compose_role_arn=RoleArnComposition("111122223333"))
+    entry = entry_from_annotations({P + "role-arn": ""}, settings)
+    assert entry.role_arn == ""
+    assert resolve_identity(Lookup(service_account=entry), settings) is None

@@ -206,3 +206,7 @@ def test_replayed_audit_events_use_the_default_service_account_as_admission_woul
     log.write_text(json.dumps(event) + "\n")
     assert main(["replay", "--objects", str(objects), str(log)]) == 0
     assert "patch" in json.loads(capsys.readouterr().out)["response"]
+
+
+def test_missing_service_account_counter_is_exposed_from_the_start() -> None:
+    assert b"\npod_identity_webhook_missing_sa_count 0.0\n" in Metrics().exposition()
