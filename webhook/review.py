@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -48,7 +48,6 @@ class Outcome:
     method: str | None = None  # upstream's pod_count label when an identity applied
     missing_service_account: bool = False
     reason: str = ""
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -174,7 +173,6 @@ def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSett
             mutated=bool(plan.operations),
             method=identity.mode.value,
             reason=reason,
-            warnings=[warning] if warning else [],
         )
     outcome.namespace = pending.namespace
     outcome.pod_name = pending.pod_name

@@ -69,14 +69,14 @@ def go_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _bool(parser: argparse._ActionsContainer, name: str, default: bool, help_text: str) -> None:
+def bool_flag(
+    parser: argparse._ActionsContainer, name: str, default: bool | None, help_text: str
+) -> None:
+    """A pflag boolean: `--name`, `--name=true|false`; None as default means "not given"."""
     BOOL_FLAGS.add(name)
+    suffix = "" if default is None else f" (default {str(default).lower()})"
     parser.add_argument(
-        f"--{name}",
-        type=go_bool,
-        default=default,
-        metavar="BOOL",
-        help=f"{help_text} (default {str(default).lower()})",
+        f"--{name}", type=go_bool, default=default, metavar="BOOL", help=help_text + suffix
     )
 
 
@@ -122,14 +122,14 @@ def add_mutation_flags(parser: argparse.ArgumentParser) -> None:
         default="",
         help="If set, AWS_DEFAULT_REGION and AWS_REGION are set to it in mutated containers",
     )
-    _bool(group, "sts-regional-endpoint", False, "Inject AWS_STS_REGIONAL_ENDPOINTS=regional")
-    _bool(
+    bool_flag(group, "sts-regional-endpoint", False, "Inject AWS_STS_REGIONAL_ENDPOINTS=regional")
+    bool_flag(
         group,
         "watch-config-map",
         False,
         "Use the pod-identity-webhook ConfigMap in --namespace as well as annotations",
     )
-    _bool(
+    bool_flag(
         group,
         "compose-role-arn",
         False,
@@ -182,7 +182,7 @@ def add_klog_flags(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=("text", "json"), default="text", help="(new) Log line format"
     )
     for name in _KLOG_BOOL:
-        _bool(group, name, False, "accepted for klog compatibility")
+        bool_flag(group, name, False, "accepted for klog compatibility")
     for name in _KLOG_VALUE:
         group.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
 

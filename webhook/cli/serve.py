@@ -74,25 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="(new) Larger bodies get 413",
     )
-    server.add_argument(
-        "--enable-debugging-handlers",
-        type=flags.go_bool,
-        default=False,
-        metavar="BOOL",
-        help="Enable /debug/alpha/* handlers",
-    )
-    flags.BOOL_FLAGS.add("enable-debugging-handlers")
+    flags.bool_flag(server, "enable-debugging-handlers", False, "Enable /debug/alpha/* handlers")
     cluster = parser.add_argument_group("cluster")
     # Upstream's default is true, meaning CSR bootstrapping, which no longer works; we only
     # refuse it when asked for explicitly (None = not given).
-    cluster.add_argument(
-        "--in-cluster",
-        type=flags.go_bool,
-        default=None,
-        metavar="BOOL",
-        help="Upstream's CSR certificate bootstrapping: not supported, use --tls-cert/--tls-key",
+    flags.bool_flag(
+        cluster,
+        "in-cluster",
+        None,
+        "Upstream's CSR certificate bootstrapping: not supported, use --tls-cert/--tls-key",
     )
-    flags.BOOL_FLAGS.add("in-cluster")
     cluster.add_argument(
         "--kubeconfig", default="", help="(out-of-cluster) Path to a kubeconfig file"
     )
@@ -121,18 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=flags.go_duration,
         default=60.0,
         metavar="DURATION",
-        help="Period of the full ServiceAccount relist",
+        help="Upper bound of each ServiceAccount watch request (lists only at start or on error)",
     )
     flags.add_mutation_flags(parser)
     flags.add_klog_flags(parser)
-    parser.add_argument(
-        "--version",
-        type=flags.go_bool,
-        default=False,
-        metavar="BOOL",
-        help="Display the version and exit",
-    )
-    flags.BOOL_FLAGS.add("version")
+    flags.bool_flag(parser, "version", False, "Display the version and exit")
 
 
 def _container_credentials_job(path: str, store: IdentityStore) -> Job:

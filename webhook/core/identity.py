@@ -43,10 +43,6 @@ class IdentityEntry:
     use_regional_sts: bool
     token_expiration: int
 
-    @property
-    def role_arn_valid(self) -> bool:
-        return is_valid_role_arn(self.role_arn)
-
 
 def expiration_override(raw: str | None, fallback: int) -> int:
     """An annotation's expiration, clamped; absent or unparsable keeps the previous level."""

@@ -8,7 +8,7 @@ Order of additions, names and defaults follow upstream so swapped binaries produ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.core.gocompat import csv_first_record, join_path
@@ -46,8 +46,6 @@ class Plan:
 
     operations: list[PatchOp]
     token_expiration: int
-    warnings: list[str] = field(default_factory=list)
-    mutated_containers: list[str] = field(default_factory=list)
 
 
 def _escape(token: str) -> str:
@@ -145,7 +143,6 @@ def _plan_containers(
     list_name: str,
     skip: frozenset[str],
     injection: _Injection,
-    mutated: list[str],
 ) -> None:
     for index, container in enumerate(spec.get(list_name) or ()):
         name = container.get("name")
@@ -158,12 +155,9 @@ def _plan_containers(
         path = f"/spec/{list_name}/{index}"
         mounts = container.get("volumeMounts") or ()
         has_mount = any(m.get("name") == injection.mount["name"] for m in mounts)
-        before = len(ops)
         _add_to_list(ops, container, path, "env", additions)
         if not has_mount:
             _add_to_list(ops, container, path, "volumeMounts", (dict(injection.mount),))
-        if len(ops) > before:
-            mutated.append(str(name))
 
 
 def role_arn_warning(identity: Identity, namespace: str, service_account: str) -> str | None:
@@ -257,6 +251,6 @@ def plan_mutation(
         mount={"name": volume_name, "readOnly": True, "mountPath": mount_path},
     )
     skip = containers_to_skip(annotations, settings)
-    _plan_containers(ops, spec, "initContainers", skip, injection, plan.mutated_containers)
-    _plan_containers(ops, spec, "containers", skip, injection, plan.mutated_containers)
+    _plan_containers(ops, spec, "initContainers", skip, injection)
+    _plan_containers(ops, spec, "containers", skip, injection)
     return plan
