@@ -96,7 +96,14 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def add_mutation_flags(parser: argparse.ArgumentParser) -> None:
+def add_mutation_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    config_map_namespace_flag: str = "--namespace",
+    objects: bool = True,
+) -> None:
+    """`config_map_namespace_flag`: `audit` keeps `-n/--namespace` for its scope, as kubectl;
+    `objects=False` for commands that read a live cluster."""
     group = parser.add_argument_group("mutation (same names and defaults as upstream)")
     group.add_argument(
         "--annotation-prefix",
@@ -146,7 +153,9 @@ def add_mutation_flags(parser: argparse.ArgumentParser) -> None:
         help="(new) Partition for --compose-role-arn (default from instance metadata, else aws)",
     )
     group.add_argument(
-        "--namespace", default="eks", help="The namespace this webhook and its ConfigMap reside in"
+        config_map_namespace_flag,
+        default="eks",
+        help="The namespace this webhook and its ConfigMap reside in",
     )
     group.add_argument(
         "--watch-container-credentials-config",
@@ -158,6 +167,8 @@ def add_mutation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--container-credentials-token-volume-name", default=_CC.volume_name)
     group.add_argument("--container-credentials-token-path", default=_CC.token_path)
     group.add_argument("--container-credentials-full-uri", default=_CC.full_uri)
+    if not objects:
+        return
     group.add_argument(
         "--objects",
         action="append",
