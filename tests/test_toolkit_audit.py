@@ -595,12 +595,19 @@ def test_json_document() -> None:
     assert {f["code"] for f in document["findings"]} == {"invalid-role-arn", "not-injected"}
 
 
-def test_table_and_csv() -> None:
+def test_table_is_narrow_and_wide_adds_arn_audience_expiration_and_pods() -> None:
     report = sample_report()
     table = render_table(report)
     lines = table.splitlines()
     assert lines[0] == "ServiceAccounts with a role: 2"
-    assert lines[1].split() == [
+    assert lines[1].split() == ["NAMESPACE", "SERVICEACCOUNT", "ROLE", "SOURCE", "NOT", "INJECTED"]
+    assert lines[2].split() == ["shop", "app", "app-a", "annotation", "1"]
+    assert "Running pods without their role: 1 in 1 workload(s)" in table
+    assert lines[-1].split() == ["shop", "Deployment/web", "1", "app", "rollout", "restart"]
+    assert all(line == line.rstrip() for line in lines)
+
+    wide = render_table(report, wide=True).splitlines()
+    assert wide[1].split() == [
         "NAMESPACE",
         "SERVICEACCOUNT",
         "ROLE",
@@ -612,7 +619,7 @@ def test_table_and_csv() -> None:
         "NOT",
         "INJECTED",
     ]
-    assert lines[2].split() == [
+    assert wide[2].split() == [
         "shop",
         "app",
         "app-a",
@@ -622,9 +629,22 @@ def test_table_and_csv() -> None:
         "annotation",
         "1",
     ]
-    assert "Running pods without their role: 1 in 1 workload(s)" in table
-    assert lines[-1].split() == ["shop", "Deployment/web", "1", "app", "rollout", "restart"]
-    assert all(line == line.rstrip() for line in lines)
+    gap = report.not_injected[0]
+    assert wide[-1].split()[:7] == [
+        "shop",
+        "Deployment/web",
+        "1",
+        "app",
+        "rollout",
+        "restart",
+        ",".join(p.name for p in gap.pods),
+    ]
+    assert wide[-1].endswith("; ".join(sorted({m for p in gap.pods for m in p.missing})))
+    assert all(line == line.rstrip() for line in wide)
+
+
+def test_csv_has_every_inventory_column() -> None:
+    report = sample_report()
 
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     assert [r["serviceAccount"] for r in rows] == ["app", "worker"]
@@ -847,8 +867,10 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
     fake = FakeKube(objects)
     seen: dict[str, Any] = {}
 
-    def connect(kubeconfig: str = "", api_url: str = "", timeout: float = 30.0) -> Cluster:
-        seen.update(kubeconfig=kubeconfig, api_url=api_url, timeout=timeout)
+    def connect(
+        kubeconfig: str = "", api_url: str = "", timeout: float = 30.0, context: str = ""
+    ) -> Cluster:
+        seen.update(kubeconfig=kubeconfig, api_url=api_url, timeout=timeout, context=context)
         return Cluster(fake, timeout)  # type: ignore[arg-type]
 
     monkeypatch.setattr(audit_cluster, "connect", connect)
@@ -872,10 +894,15 @@ def patches(fake: FakeKube) -> list[str]:
 def test_cli_table_exit_code_and_flags(
     fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["audit", "--kubeconfig", "kc", "--request-timeout", "7"])
+    code = main(["audit", "--kubeconfig", "kc", "--context", "ctx", "--request-timeout", "7"])
     out = capsys.readouterr().out
     assert code == 1
-    assert fake_cluster.seen == {"kubeconfig": "kc", "api_url": "", "timeout": 7.0}  # type: ignore[attr-defined]
+    assert fake_cluster.seen == {  # type: ignore[attr-defined]
+        "kubeconfig": "kc",
+        "api_url": "",
+        "timeout": 7.0,
+        "context": "ctx",
+    }
     assert "ServiceAccounts with a role: 1" in out
     assert "ERROR   not-injected [shop/Deployment/web]" in out
     assert "ERROR   not-injected [shop/Pod/lonely]" in out
@@ -913,18 +940,74 @@ def test_cli_json_and_csv(fake_cluster: FakeKube, capsys: pytest.CaptureFixture[
     assert "not-injected" in captured.err  # findings go to stderr, CSV stays clean
 
 
-def test_cli_watch_config_map_uses_namespace_flag(
+def test_cli_watch_config_map_reads_it_from_webhook_namespace(
     fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_cluster.objects["/api/v1/namespaces/kube-system/configmaps/pod-identity-webhook"] = (
         config_map({"shop/plain": {"RoleARN": ROLE_B}}, "kube-system")
     )
-    main(["audit", "--watch-config-map", "--namespace", "kube-system", "--output", "json"])
+    main(["audit", "--watch-config-map", "--webhook-namespace", "kube-system", "-o", "json"])
     rows = json.loads(capsys.readouterr().out)["inventory"]
     assert [(r["serviceAccount"], r["source"]) for r in rows] == [
         ("app", "annotation"),
         ("plain", "configmap"),
     ]
+
+
+def listed_paths(fake: FakeKube) -> list[str]:
+    return [c[1] for c in fake.calls if c[0] == "GET" and c[1].endswith(("pods", "accounts"))]
+
+
+def test_cli_namespace_flag_scopes_the_audit_like_kubectl(
+    fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = "/api/v1/namespaces/shop"
+    fake_cluster.objects[f"{shop}/serviceaccounts"] = listing([sa("shop", "app", ROLE_A)])
+    fake_cluster.objects[f"{shop}/pods"] = listing([injected(pod("ok"))])
+    for argv in (["-n", "shop"], ["--namespace=shop"], ["--audit-namespace", "shop"]):
+        fake_cluster.calls.clear()
+        assert main(["audit", *argv, "-o", "json"]) == 0
+        assert listed_paths(fake_cluster) == [f"{shop}/serviceaccounts", f"{shop}/pods"]
+        assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+@pytest.mark.parametrize("argv", [[], ["-A"], ["--all-namespaces"]])
+def test_cli_all_namespaces_is_the_default(
+    fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(["audit", *argv, "-o", "json"]) == 1
+    assert listed_paths(fake_cluster) == ["/api/v1/serviceaccounts", "/api/v1/pods"]
+
+
+def test_cli_restart_in_one_namespace_restarts_only_there(
+    fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = "/api/v1/namespaces/other"
+    fake_cluster.objects[f"{other}/serviceaccounts"] = listing([])
+    fake_cluster.objects[f"{other}/pods"] = listing([])
+    assert main(["audit", "-n", "other", "--restart", "--yes"]) == 0
+    assert patches(fake_cluster) == []  # shop's Deployment is out of scope
+    assert "nothing to restart" in capsys.readouterr().out
+
+
+def test_cli_yaml_has_the_json_document(
+    fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    main(["audit", "-o", "json"])
+    as_json = json.loads(capsys.readouterr().out)
+    main(["audit", "--output=yaml"])
+    assert yaml.safe_load(capsys.readouterr().out) == as_json
+
+
+def test_cli_wide_adds_columns(fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["audit"])
+    narrow = capsys.readouterr().out
+    main(["audit", "-o", "wide"])
+    wide = capsys.readouterr().out
+    assert "ROLE ARN" not in narrow and "ROLE ARN" in wide
+    assert "MISSING" in wide and "lonely" in wide
 
 
 def test_cli_restart_with_yes(fake_cluster: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
@@ -977,8 +1060,12 @@ def test_cli_restart_failure_is_exit_1(
 
 
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
-    assert main(["audit", "--objects", "x.yaml"]) == 2
-    assert "--objects is not supported" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # audit reads a live cluster: no --objects flag at all
+        main(["audit", "--objects", "x.yaml"])
+    assert "unrecognized arguments: --objects" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "-n", "shop", "-A"])
+    assert "not allowed with argument" in capsys.readouterr().err
     assert main(["audit", "--compose-role-arn"]) == 2
     assert "--aws-account-id" in capsys.readouterr().err
     bad = tmp_path / "cc.json"

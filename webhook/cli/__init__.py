@@ -14,13 +14,16 @@ toolkit's dependencies.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from webhook import __version__
 
+PROG = "pod-identity-webhook"
 # command name -> module under webhook.cli
 COMMANDS: dict[str, str] = {
     "serve": "serve",
@@ -30,59 +33,108 @@ COMMANDS: dict[str, str] = {
     "token": "token",
     "trust-policy": "trust_policy",
     "audit": "audit",
+    "version": "version",
+    "completion": "completion",
 }
+# Exit status of a process killed by SIGPIPE, what `cmd | head` leaves for C and Go programs.
+_BROKEN_PIPE_EXIT = 128 + 13
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as one clear line, exit code 2, never a traceback."""
 
 
-def _load(command: str) -> ModuleType:
+def load(command: str) -> ModuleType:
     return importlib.import_module(f"webhook.cli.{COMMANDS[command]}")
+
+
+def build_parser(command: str, module: ModuleType) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} {command}", description=getattr(module, "HELP", None)
+    )
+    module.add_arguments(parser)
+    return parser
 
 
 def _top_level_help() -> str:
     lines = [
-        f"pod-identity-webhook {__version__}",
+        f"{PROG} {__version__}",
         "",
-        "usage: pod-identity-webhook [COMMAND] [FLAGS]   (COMMAND defaults to serve)",
+        f"usage: {PROG} [COMMAND] [FLAGS]   (COMMAND defaults to serve)",
         "",
         "commands:",
     ]
     for name in COMMANDS:
         try:
-            summary = getattr(_load(name), "HELP", "")
+            summary = getattr(load(name), "HELP", "")
         except ImportError:  # a command whose optional module is not installed
             continue
         lines.append(f"  {name:<14}{summary}")
     lines.append("")
-    lines.append("Run `pod-identity-webhook COMMAND --help` for a command's flags.")
+    lines.append(f"Run `{PROG} COMMAND --help` for a command's flags.")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("help", "-h", "--help") and len(args) == 1:
-        print(_top_level_help())
-        return 0
+def unknown_command_message(word: str) -> str:
+    """kubectl's answer to a mistyped command: name it and suggest the closest one."""
+    message = f'unknown command "{word}"'
+    close = difflib.get_close_matches(word, [*COMMANDS, "help"], n=1, cutoff=0.5)
+    if close:
+        message += f'; did you mean "{close[0]}"?'
+    return f"{message}\nRun `{PROG} --help` for the list of commands."
+
+
+def _dispatch(args: list[str]) -> int:
+    if args and args[0] in ("help", "-h", "--help"):
+        if len(args) == 1:
+            print(_top_level_help())
+            return 0
+        if args[0] == "help":  # `help audit` is `audit --help`
+            args = [args[1], "--help"]
     command = "serve"
     if args and args[0] in COMMANDS:
         command = args.pop(0)
-    module = _load(command)
-    parser = argparse.ArgumentParser(
-        prog=f"pod-identity-webhook {command}", description=getattr(module, "HELP", None)
-    )
-    module.add_arguments(parser)
+    elif args and not args[0].startswith("-"):
+        # A bare word first is a mistyped command, never a serve flag: upstream's manifests
+        # start with flags.
+        print(f"{PROG}: error: {unknown_command_message(args[0])}", file=sys.stderr)
+        return 2
+    module = load(command)
+    parser = build_parser(command, module)
     if hasattr(module, "normalize_argv"):
         args = module.normalize_argv(args)
     namespace = parser.parse_args(args)
     try:
         code: int = module.run(namespace)
     except UsageError as err:
-        print(f"pod-identity-webhook {command}: error: {err}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {err}", file=sys.stderr)
         return 2
+    return code
+
+
+def _autocomplete() -> None:
+    """Answer the shell's completion request (argcomplete protocol) and exit."""
+    from webhook.cli.completion import autocomplete
+
+    autocomplete()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and "_ARGCOMPLETE" in os.environ:
+        _autocomplete()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `... | head` closed stdout: stop quietly, as `cat` does. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return _BROKEN_PIPE_EXIT
     return code
 
 

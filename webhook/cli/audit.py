@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import TextIO
 
 from webhook.cli import UsageError, flags
-from webhook.cli.common import read_file, render_findings
+from webhook.cli.common import add_output_flag, print_document, read_file, render_findings
 from webhook.toolkit import audit_cluster
 from webhook.toolkit.audit import AuditReport, RestartPlan, render_csv, render_table
 from webhook.toolkit.audit_cluster import Cluster, ClusterError, RestartResult
-from webhook.toolkit.render import format_finding, format_summary, to_json
+from webhook.toolkit.render import format_finding, format_summary
 
 HELP = "inventory of ServiceAccount roles; find (and restart) pods running without theirs"
 
@@ -33,16 +33,37 @@ def _positive(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    cluster = parser.add_argument_group("cluster (in-cluster configuration by default)")
+    cluster = parser.add_argument_group(
+        "cluster (as kubectl: --kubeconfig, else $KUBECONFIG, else ~/.kube/config, else in-cluster)"
+    )
     cluster.add_argument("--kubeconfig", default="", help="Path to a kubeconfig file")
-    cluster.add_argument("--kube-api", default="", help="The URL of the API server")
+    cluster.add_argument("--context", default="", help="The kubeconfig context to use")
     cluster.add_argument(
-        "--audit-namespace",
+        "--kube-api", default="", help="The URL of the API server (overrides the kubeconfig's)"
+    )
+    scope = cluster.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
         action="append",
         default=[],
         dest="audit_namespaces",
         metavar="NS",
-        help="audit only this namespace (repeatable; default all namespaces)",
+        help="audit only this namespace (repeatable)",
+    )
+    # The flag's old name, kept so existing scripts keep their scope.
+    scope.add_argument(
+        "--audit-namespace",
+        action="append",
+        dest="audit_namespaces",
+        metavar="NS",
+        help=argparse.SUPPRESS,
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="audit every namespace (the default without -n)",
     )
     cluster.add_argument(
         "--request-timeout",
@@ -51,13 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="timeout of each API request (default 30)",
     )
-    flags.add_mutation_flags(parser)
+    flags.add_mutation_flags(parser, config_map_namespace_flag="--webhook-namespace", objects=False)
     report = parser.add_argument_group("report and restart")
-    report.add_argument(
-        "--output",
-        choices=("table", "json", "csv"),
-        default="table",
-        help="table for people (default), json for scripts, csv (inventory) for spreadsheets",
+    add_output_flag(
+        report,
+        ("table", "wide", "json", "yaml", "csv"),
+        help_text="table for people (default), wide with ARNs, audiences, pods and what they "
+        "lack, json or yaml for scripts, csv (inventory) for spreadsheets",
     )
     report.add_argument(
         "--restart",
@@ -112,33 +133,38 @@ def _restart(
     return results
 
 
-def _print_table(report: AuditReport) -> None:
-    print(render_table(report))
+def _print_table(report: AuditReport, wide: bool) -> None:
+    print(render_table(report, wide=wide))
     print()
     render_findings(list(report.findings), "no problems found")
 
 
+def _scope(args: argparse.Namespace) -> list[str]:
+    return [] if args.all_namespaces else list(dict.fromkeys(args.audit_namespaces))
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.objects:
-        raise UsageError("audit reads a live cluster (pods included); --objects is not supported")
     if args.restart and not args.yes and not sys.stdin.isatty():
         raise UsageError("--restart asks for confirmation on a terminal; pass --yes to skip it")
     settings = flags.settings_from_args(args)
     container_credentials = _container_credentials(args.watch_container_credentials_config)
     try:
-        cluster = audit_cluster.connect(args.kubeconfig, args.kube_api, args.request_timeout)
+        cluster = audit_cluster.connect(
+            args.kubeconfig, args.kube_api, args.request_timeout, context=args.context
+        )
         report = audit_cluster.run_audit(
             cluster,
             settings,
-            namespaces=args.audit_namespaces,
-            config_map_namespace=args.namespace if args.watch_config_map else None,
+            namespaces=_scope(args),
+            config_map_namespace=args.webhook_namespace if args.watch_config_map else None,
             container_credentials=container_credentials,
         )
     except ClusterError as err:
         raise UsageError(str(err)) from None
 
-    if args.output == "table":
-        _print_table(report)
+    tables = ("table", "wide")
+    if args.output in tables:
+        _print_table(report, wide=args.output == "wide")
     elif args.output == "csv":
         sys.stdout.write(render_csv(report))
         for finding in report.findings:
@@ -147,14 +173,14 @@ def run(args: argparse.Namespace) -> int:
 
     results: list[RestartResult] | None = None
     if args.restart:
-        if args.output == "table":
+        if args.output in tables:
             print()
-        out = sys.stdout if args.output == "table" else sys.stderr
+        out = sys.stdout if args.output in tables else sys.stderr
         results = _restart(cluster, report.restart_plan(), args, out)
 
-    if args.output == "json":
+    if args.output in ("json", "yaml"):
         document = report.to_dict()
         document["restarts"] = None if results is None else [r.to_dict() for r in results]
-        print(to_json(document))
+        print_document(document, args.output)
     failed_restart = any(not r.ok for r in results or ())
     return 1 if report.failed or failed_restart else 0

@@ -769,13 +769,18 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     )
 
 
-def render_table(report: AuditReport) -> str:
+# `-o table` leaves out what `-o wide` adds, as kubectl does: long values a person rarely needs.
+_WIDE_ONLY = frozenset({"roleArn", "audience", "expiration"})
+
+
+def render_table(report: AuditReport, wide: bool = False) -> str:
+    columns = [c for c in INVENTORY_COLUMNS if wide or c[0] not in _WIDE_ONLY]
     lines = [f"ServiceAccounts with a role: {len(report.assignments)}"]
     if report.assignments:
         lines.append(
             format_table(
-                [title for _, title in INVENTORY_COLUMNS],
-                ([row[key] for key, _ in INVENTORY_COLUMNS] for row in report.inventory_rows()),
+                [title for _, title in columns],
+                ([row[key] for key, _ in columns] for row in report.inventory_rows()),
             )
         )
     pods = sum(len(w.pods) for w in report.not_injected)
@@ -785,21 +790,23 @@ def render_table(report: AuditReport) -> str:
         f"({report.pods_checked} pod(s) of ServiceAccounts with a role checked)",
     ]
     if report.not_injected:
-        lines.append(
-            format_table(
-                ["NAMESPACE", "OWNER", "PODS", "SERVICEACCOUNT", "RESTART"],
-                (
-                    [
-                        w.owner.namespace,
-                        w.owner.label,
-                        len(w.pods),
-                        ",".join(sorted({p.service_account for p in w.pods})),
-                        "rollout restart" if w.owner.restartable else "manual",
-                    ]
-                    for w in report.not_injected
-                ),
-            )
-        )
+        headers = ["NAMESPACE", "OWNER", "PODS", "SERVICEACCOUNT", "RESTART"]
+        if wide:
+            headers += ["POD NAMES", "MISSING"]
+        rows = []
+        for w in report.not_injected:
+            row: list[object] = [
+                w.owner.namespace,
+                w.owner.label,
+                len(w.pods),
+                ",".join(sorted({p.service_account for p in w.pods})),
+                "rollout restart" if w.owner.restartable else "manual",
+            ]
+            if wide:
+                row.append(",".join(p.name for p in w.pods))
+                row.append("; ".join(sorted({m for p in w.pods for m in p.missing})))
+            rows.append(row)
+        lines.append(format_table(headers, rows))
     return "\n".join(lines)
 
 

@@ -18,15 +18,11 @@ from urllib.parse import quote
 import orjson
 
 from webhook.core.settings import CONFIG_MAP_NAME, MutationSettings
-from webhook.sources.kube import (
-    PAGE_SIZE,
-    KubeAPIError,
-    KubeClient,
-    KubeSourceError,
-    kube_configuration,
-)
+from webhook.sources.kube import PAGE_SIZE, KubeAPIError, KubeClient
 from webhook.toolkit import audit
 from webhook.toolkit.audit import AuditReport, ObjectKey, Owner
+from webhook.toolkit.kubeconfig import KubeconfigError
+from webhook.toolkit.kubeconfig import configuration as kubeconfig_configuration
 
 RUNNING_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -133,13 +129,16 @@ class Cluster:
         return result
 
 
-def connect(kubeconfig: str = "", api_url: str = "", timeout: float = 30.0) -> Cluster:
-    """In-cluster configuration unless --kubeconfig or --kube-api is given (as `serve`)."""
+def connect(
+    kubeconfig: str = "", api_url: str = "", timeout: float = 30.0, context: str = ""
+) -> Cluster:
+    """The cluster kubectl would talk to (`$KUBECONFIG`, `~/.kube/config`, `--context`, then
+    in-cluster; see `webhook.toolkit.kubeconfig`)."""
     from kubernetes import client
 
     try:
-        configuration = kube_configuration(kubeconfig, api_url)
-    except KubeSourceError as err:
+        configuration = kubeconfig_configuration(kubeconfig, context, api_url)
+    except KubeconfigError as err:
         raise ClusterError(str(err)) from None
     return Cluster(KubeClient(client.ApiClient(configuration)), timeout)
 
