@@ -13,9 +13,12 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -109,8 +112,12 @@ def run_helm(helm: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedPro
 
 
 @functools.cache
-def _template(helm: str, chart: str, values: tuple[str, ...], sets: tuple[str, ...]) -> str:
+def _template(
+    helm: str, chart: str, values: tuple[str, ...], sets: tuple[str, ...], kube_version: str
+) -> str:
     args = ["template", RELEASE, chart, "--namespace", NAMESPACE]
+    if kube_version:
+        args += ["--kube-version", kube_version]
     for v in values:
         args += ["-f", v]
     for s in sets:
@@ -126,9 +133,12 @@ class RenderError(Exception):
     pass
 
 
-def render(helm: str, *sets: str, ci: str | None = None, chart: Path = CHART) -> list[Obj]:
+def render(
+    helm: str, *sets: str, ci: str | None = None, chart: Path = CHART, kube_version: str = ""
+) -> list[Obj]:
+    """Objects of `helm template` with these --set values; kube_version as `--kube-version`."""
     values = (str(ci_file(ci)),) if ci else ()
-    text = _template(helm, str(chart), values, tuple(sets))
+    text = _template(helm, str(chart), values, tuple(sets), kube_version)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -151,7 +161,7 @@ def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
 
 
 def container(objs: list[Obj]) -> Obj:
-    containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers: list[Obj] = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -171,7 +181,7 @@ def flags_of(objs: list[Obj]) -> dict[str, str]:
 
 
 def webhook_entry(objs: list[Obj]) -> Obj:
-    entries = one(objs, "MutatingWebhookConfiguration")["webhooks"]
+    entries: list[Obj] = one(objs, "MutatingWebhookConfiguration")["webhooks"]
     assert len(entries) == 1
     return entries[0]
 
@@ -308,15 +318,18 @@ def test_service_exposes_webhook_and_metrics_ports(helm: str, name: str) -> None
     assert ports["https"]["port"] == 443
     assert ports["metrics"]["port"] == 9999
 
-    ctr = container(objs)
-    container_ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
     flags = flags_of(objs)
-    assert container_ports == {"https": 8443, "metrics": 9999}
-    assert ports["https"]["targetPort"] == "https"
-    assert ports["metrics"]["targetPort"] == "metrics"
-    # The named ports resolve to what the process listens on.
-    assert str(container_ports["https"]) == flags["port"]
-    assert str(container_ports["metrics"]) == flags["metrics-port"]
+    # The Service targets, by number, the ports the process listens on.
+    assert str(ports["https"]["targetPort"]) == flags["port"]
+    assert str(ports["metrics"]["targetPort"]) == flags["metrics-port"]
+    ctr = container(objs)
+    if "reuse-port" in flags:
+        assert "ports" not in ctr, "hostNetwork containerPorts would become hostPorts"
+    else:
+        container_ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+        assert container_ports == {"https": 8443, "metrics": 9999}
+        assert str(container_ports["https"]) == flags["port"]
+        assert str(container_ports["metrics"]) == flags["metrics-port"]
     assert selector_matches({"matchLabels": service["spec"]["selector"]}, pod_labels(objs))
 
 
@@ -329,25 +342,18 @@ def test_hardening_holds_for_every_ci_file(helm: str, name: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "runAsUser" not in pod["securityContext"]
-    assert "hostNetwork" not in pod
+    assert pod.get("hostNetwork", False) is (name == "host-network")
     sc = ctr["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc.get("privileged", False) is False
     assert "runAsUser" not in sc
-    assert ctr["livenessProbe"]["httpGet"] == {
-        "path": "/healthz",
-        "port": "https",
-        "scheme": "HTTPS",
-    }
-    assert ctr["readinessProbe"]["httpGet"] == {
-        "path": "/readyz",
-        "port": "https",
-        "scheme": "HTTPS",
-    }
-    assert all(p["containerPort"] >= 1024 for p in ctr["ports"])
-    assert not any("hostPort" in p for p in ctr["ports"])
+    port = int(flags_of(objs)["port"])
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port, "scheme": "HTTPS"}
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port, "scheme": "HTTPS"}
+    assert all(p["containerPort"] >= 1024 for p in ctr.get("ports", []))
+    assert not any("hostPort" in p for p in ctr.get("ports", []))
     args = args_of(objs)
     assert args[0] == "serve"
     assert "--in-cluster=false" in args
@@ -558,6 +564,216 @@ def test_optional_objects_are_off_by_default(helm: str) -> None:
     }
 
 
+# --------------------------------------------------------------------------- image
+
+
+VERSION = webhook.__version__
+
+
+@pytest.mark.parametrize(
+    ("sets", "image"),
+    [
+        ((), f"ghcr.io/pod-identity-webhook/pod-identity-webhook:{VERSION}"),
+        # A repository that starts with a registry host is used exactly as given.
+        (
+            ("image.repository=registry.example.com/team/pod-identity-webhook", "image.tag=0.1.0"),
+            "registry.example.com/team/pod-identity-webhook:0.1.0",
+        ),
+        (
+            ("image.repository=localhost/pod-identity-webhook", "image.tag=0.1.0"),
+            "localhost/pod-identity-webhook:0.1.0",
+        ),
+        (
+            ("image.repository=localhost:5000/pod-identity-webhook",),
+            f"localhost:5000/pod-identity-webhook:{VERSION}",
+        ),
+        (
+            ("image.repository=123456789012.dkr.ecr.eu-west-1.amazonaws.com/piw",),
+            f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/piw:{VERSION}",
+        ),
+        # Otherwise the registry goes in front, unless it is empty.
+        (
+            ("image.registry=registry.example.com", "image.repository=pod-identity-webhook"),
+            f"registry.example.com/pod-identity-webhook:{VERSION}",
+        ),
+        (
+            ("image.registry=registry.example.com/team/", "image.repository=piw"),
+            f"registry.example.com/team/piw:{VERSION}",
+        ),
+        (("image.registry=", "image.repository=myorg/piw"), f"myorg/piw:{VERSION}"),
+        # The digest pins the image in place of the tag.
+        (
+            ("image.repository=localhost/piw", "image.tag=1.0", "image.digest=sha256:" + "b" * 64),
+            "localhost/piw@sha256:" + "b" * 64,
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v) or "default",
+)
+def test_image_is_the_one_the_user_named(helm: str, sets: tuple[str, ...], image: str) -> None:
+    assert container(render(helm, *sets))["image"] == image
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "image.repository=localhost/piw:0.1.0",  # the tag belongs in image.tag
+        "image.repository=localhost/piw@sha256:" + "c" * 64,
+        "image.repository=",
+    ],
+)
+def test_image_repository_rejects_tags_and_digests(helm: str, bad: str) -> None:
+    message = render_fails(helm, bad)
+    assert "image.repository" in message or "repository" in message, message
+
+
+def _fenced_blocks(markdown: str) -> Iterator[str]:
+    block: list[str] | None = None
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            if block is None:
+                block = []
+            else:
+                yield "\n".join(block)
+                block = None
+        elif block is not None:
+            block.append(line)
+
+
+def _helm_commands(markdown: str) -> Iterator[list[str]]:
+    """The `helm install/upgrade ... charts/pod-identity-webhook` commands of fenced blocks."""
+    for block in _fenced_blocks(markdown):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if (
+                re.match(r"helm (install|upgrade)\b", line)
+                and "charts/pod-identity-webhook" in line
+            ):
+                yield shlex.split(line)
+
+
+# Placeholders the guides use, and what a reader would type for them.
+PLACEHOLDERS = {"<registry>": "registry.example.com/team", "$AWS_REGION": "eu-west-1"}
+GUIDES = [REPO / "README.md", CHART / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _install_commands() -> list[Any]:
+    """pytest.param(--set values, id=where) for each documented install that names an image."""
+    found = []
+    for guide in GUIDES:
+        text = guide.read_text()
+        for placeholder, value in PLACEHOLDERS.items():
+            text = text.replace(placeholder, value)
+        for argv in _helm_commands(text):
+            sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+            if any(s.startswith("image.") for s in sets):
+                where = f"{guide.relative_to(REPO)}: {' '.join(argv[:3])}"
+                found.append(pytest.param(sets, id=where))
+    return found
+
+
+@pytest.mark.parametrize("sets", _install_commands())
+def test_documented_install_commands_render_the_image_they_name(helm: str, sets: list[str]) -> None:
+    given = dict(s.split("=", 1) for s in sets)
+    named = "/".join(p for p in (given.get("image.registry"), given["image.repository"]) if p)
+    tag = given.get("image.tag", VERSION)
+    assert container(render(helm, *sets))["image"] == f"{named}:{tag}"
+
+
+def test_readme_installs_an_image_it_names() -> None:
+    assert any(p.id.startswith("README.md") for p in _install_commands()), (
+        "README.md's helm install names no image.repository"
+    )
+
+
+# --------------------------------------------------------------------------- host network
+
+
+def test_host_network_shares_ports_between_replicas_on_one_node(helm: str) -> None:
+    objs = render(helm, ci="host-network")
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    flags = flags_of(objs)
+    assert (flags["port"], flags["metrics-port"]) == ("10443", "10999")
+    assert flags["reuse-port"] == "true"
+    ctr = container(objs)
+    # No containerPorts: the API server would default them to hostPorts and the scheduler's
+    # NodePorts filter would refuse a second replica, or the surge pod of a rollout, on the node.
+    assert "ports" not in ctr
+    assert ctr["readinessProbe"]["httpGet"]["port"] == 10443
+    assert ctr["livenessProbe"]["httpGet"]["port"] == 10443
+    ports = {p["name"]: p for p in one(objs, "Service")["spec"]["ports"]}
+    assert (ports["https"]["port"], ports["https"]["targetPort"]) == (443, 10443)
+    assert (ports["metrics"]["port"], ports["metrics"]["targetPort"]) == (9999, 10999)
+    # A preferred (not required) anti-affinity lets both replicas land on a single node.
+    assert (
+        "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
+    )
+    assert webhook_entry(objs)["clientConfig"]["service"]["port"] == 443
+
+
+def test_host_network_without_reuse_port_declares_host_ports(helm: str) -> None:
+    objs = render(helm, "hostNetwork=true", "config.reusePort=false")
+    assert "reuse-port" not in flags_of(objs)
+    ports = {p["name"]: p["containerPort"] for p in container(objs)["ports"]}
+    assert ports == {"https": 8443, "metrics": 9999}
+
+
+def test_reuse_port_is_off_and_ports_declared_without_host_network(helm: str) -> None:
+    objs = render(helm)
+    assert "reuse-port" not in flags_of(objs)
+    assert "hostNetwork" not in one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert {p["name"] for p in container(objs)["ports"]} == {"https", "metrics"}
+    assert flags_of(render(helm, "config.reusePort=true"))["reuse-port"] == "true"
+
+
+def test_webhook_and_metrics_ports_must_differ(helm: str) -> None:
+    message = render_fails(helm, "config.port=9999")
+    assert "config.port and config.metricsPort must differ" in message
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def test_rollouts_keep_serving_while_pods_terminate(helm: str) -> None:
+    objs = render(helm, kube_version="1.37.2")
+    spec = one(objs, "Deployment")["spec"]
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = spec["template"]["spec"]
+    ctr = container(objs)
+    assert ctr["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert find(objs, "PodDisruptionBudget")
+
+
+def test_pre_stop_delay_is_configurable_and_can_be_turned_off(helm: str) -> None:
+    objs = render(helm, "preStopDelaySeconds=20", "terminationGracePeriodSeconds=45")
+    assert container(objs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 20
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 45
+    assert "lifecycle" not in container(render(helm, "preStopDelaySeconds=0"))
+
+
+def test_pre_stop_runs_python_before_the_sleep_action_exists(helm: str) -> None:
+    """Before 1.30 the API server drops `sleep`; the image has Python but no shell."""
+    ctr = container(render(helm, "preStopDelaySeconds=1", kube_version="1.29.4"))
+    command = ctr["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python3", "-c"]
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", *command[2:]], check=True, timeout=30)
+    assert time.monotonic() - started >= 1
+
+
+def test_grace_period_must_outlast_the_pre_stop_delay(helm: str) -> None:
+    message = render_fails(helm, "preStopDelaySeconds=30", "terminationGracePeriodSeconds=30")
+    assert "terminationGracePeriodSeconds must exceed preStopDelaySeconds" in message
+    assert render(helm, "preStopDelaySeconds=0", "terminationGracePeriodSeconds=0")
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -565,6 +781,7 @@ def test_optional_objects_are_off_by_default(helm: str) -> None:
 FLAG_TABLE = [
     ("config.port", "9443", "port", "9443"),
     ("config.metricsPort", "9100", "metrics-port", "9100"),
+    ("config.reusePort", "true", "reuse-port", "true"),
     ("config.annotationPrefix", "example.com", "annotation-prefix", "example.com"),
     ("config.tokenAudience", "my-audience", "token-audience", "my-audience"),
     ("config.tokenMountPath", "/var/run/aws", "token-mount-path", "/var/run/aws"),

@@ -45,15 +45,24 @@ app.kubernetes.io/component: webhook
 {{- end -}}
 {{- end -}}
 
+{{/*
+The image reference. A repository whose first path component names a registry host (contains
+"." or ":", or is "localhost", as Docker and the CRI read names) is used as given, so
+`--set image.repository=registry.example.com/team/pod-identity-webhook` renders exactly that;
+otherwise image.registry (when not empty) is put in front. A digest pins the image instead of the tag.
+*/}}
 {{- define "piw.image" -}}
-{{- $repo := .Values.image.repository -}}
-{{- if .Values.image.registry -}}
-{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository -}}
+{{- $img := .Values.image -}}
+{{- $repo := $img.repository -}}
+{{- $first := first (splitList "/" $repo) -}}
+{{- $hasRegistry := and (contains "/" $repo) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- if and $img.registry (not $hasRegistry) -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo -}}
 {{- end -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion $img.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -116,6 +125,15 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the listeners get SO_REUSEPORT (config.reusePort, null: exactly with hostNetwork), else "". */}}
+{{- define "piw.reusePort" -}}
+{{- $reuse := .Values.config.reusePort -}}
+{{- if kindIs "invalid" $reuse -}}
+{{- $reuse = .Values.hostNetwork -}}
+{{- end -}}
+{{- if $reuse -}}true{{- end -}}
+{{- end -}}
+
 {{/* Validation of value combinations the schema cannot express. */}}
 {{- define "piw.validate" -}}
 {{- if and (not .Values.deployment.enabled) (not .Values.webhook.url) -}}
@@ -130,6 +148,12 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- if and .Values.config.awsAccountId (not .Values.config.composeRoleArn) -}}
 {{- fail "config.awsAccountId only applies with config.composeRoleArn=true" -}}
 {{- end -}}
+{{- if eq (int .Values.config.port) (int .Values.config.metricsPort) -}}
+{{- fail "config.port and config.metricsPort must differ" -}}
+{{- end -}}
+{{- if and (gt (int .Values.preStopDelaySeconds) 0) (le (int .Values.terminationGracePeriodSeconds) (int .Values.preStopDelaySeconds)) -}}
+{{- fail "terminationGracePeriodSeconds must exceed preStopDelaySeconds: the kubelet kills the container when the grace period ends, leaving no time to finish in-flight reviews after SIGTERM" -}}
+{{- end -}}
 {{- if and .Values.containerCredentials.enabled (not .Values.containerCredentials.existingConfigMap) (not .Values.containerCredentials.identities) -}}
 {{- fail "containerCredentials.enabled needs containerCredentials.identities or containerCredentials.existingConfigMap" -}}
 {{- end -}}
@@ -142,6 +166,9 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 - --in-cluster=false
 - {{ printf "--port=%d" (int $c.port) | quote }}
 - {{ printf "--metrics-port=%d" (int $c.metricsPort) | quote }}
+{{- if include "piw.reusePort" . }}
+- --reuse-port=true
+{{- end }}
 - --tls-cert=/etc/webhook/certs/tls.crt
 - --tls-key=/etc/webhook/certs/tls.key
 - {{ printf "--tls-min-version=%s" $c.tlsMinVersion | quote }}
