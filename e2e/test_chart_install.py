@@ -94,8 +94,8 @@ class Helm:
             )
         return proc.stdout
 
-    def template(self, values: Path, namespace: str) -> list[Obj]:
-        text = self.run("template", RELEASE, str(CHART), "-n", namespace, "-f", str(values))
+    def template(self, values: Path, namespace: str, *args: str) -> list[Obj]:
+        text = self.run("template", RELEASE, str(CHART), "-n", namespace, "-f", str(values), *args)
         return [doc for doc in yaml.safe_load_all(text) if doc]
 
     def manifest(self, release: str, namespace: str) -> list[Obj]:
@@ -234,6 +234,46 @@ def test_skipped_kinds_are_really_not_served(control_plane: ControlPlane) -> Non
     for group, kind in sorted(UNSERVED_KINDS):
         status, _ = control_plane.request("GET", f"/apis/{group}")
         assert status == 404, f"{group} is served now: validate {kind} instead of skipping it"
+
+
+# ------------------------------------------------------------------ hostNetwork pods and hostPorts
+
+HOST_NETWORK_NS = "piw-host-network"
+
+
+@pytest.mark.parametrize(
+    ("extra", "host_ports"),
+    [((), set()), (("--set", "config.reusePort=false"), {10443, 10999})],
+    ids=["reuse-port", "no-reuse-port"],
+)
+def test_host_network_pods_claim_host_ports_only_without_reuse_port(
+    control_plane: ControlPlane, helm: Helm, extra: tuple[str, ...], host_ports: set[int]
+) -> None:
+    """The API server turns containerPorts of hostNetwork pods into hostPorts, which the
+    scheduler never books twice on a node: with --reuse-port the chart declares none, so two
+    replicas (or a rollout's surge pod) fit on one node."""
+    cp = control_plane
+    cp.ensure_namespace(HOST_NETWORK_NS)
+    values = CHART / "ci" / "host-network-values.yaml"
+    (deployment,) = [
+        o for o in helm.template(values, HOST_NETWORK_NS, *extra) if o["kind"] == "Deployment"
+    ]
+    template = deployment["spec"]["template"]
+    cp.ensure_service_account(HOST_NETWORK_NS, template["spec"]["serviceAccountName"])
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "piw-", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
+
+    stored = create_pod(cp, HOST_NETWORK_NS, pod, dry_run=True)
+
+    (ctr,) = stored["spec"]["containers"]
+    assert stored["spec"]["hostNetwork"] is True
+    assert {p["hostPort"] for p in ctr.get("ports") or []} == host_ports
+    assert ("--reuse-port=true" in ctr["args"]) == (not host_ports)
+    assert ctr["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}, "kept by this API server"
 
 
 # ---------------------------------------------------------------- 2. install, upgrade, uninstall
