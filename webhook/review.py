@@ -8,8 +8,11 @@ the caller performs between the two (the server can wait for a ServiceAccount to
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +27,10 @@ from webhook.core.settings import (
     MutationSettings,
 )
 from webhook.core.wire import AdmissionResponse, AdmissionReviewResponse, Pod
+
+log = logging.getLogger(__name__)
+# klog's -v=3, where upstream logs "Pod was mutated": between INFO and DEBUG (-v=4).
+KLOG_V3 = logging.INFO - 5
 
 V1 = "admission.k8s.io/v1"
 V1BETA1 = "admission.k8s.io/v1beta1"
@@ -86,6 +93,119 @@ def _string(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+# -- decision logs ---------------------------------------------------------------------------
+# Every denial at the default verbosity, and upstream's "Pod was mutated" lines at -v=3 so log
+# alerts written for upstream keep working. Identifiers and reasons only: a review carries no
+# secret, and a token is never logged.
+
+
+def _context(outcome: Outcome) -> str:
+    """Upstream's logContext: `Pod=<name or generateName>, ServiceAccount=..., Namespace=...`."""
+    return (
+        f"Pod={outcome.pod_name}, ServiceAccount={outcome.service_account}, "
+        f"Namespace={outcome.namespace}"
+    )
+
+
+def _fields(outcome: Outcome) -> dict[str, object]:
+    return {
+        "uid": outcome.uid,
+        "pod": outcome.pod_name,
+        "namespace": outcome.namespace,
+        "serviceAccount": outcome.service_account,
+        "allowed": outcome.allowed,
+        "mutated": outcome.mutated,
+        "method": outcome.method or "",
+        "reason": outcome.reason,
+    }
+
+
+def log_decision(outcome: Outcome, subject: str = "Pod") -> None:
+    """One line per review: a warning for a denial; "Pod was mutated" (or why not) at -v=3 when
+    an identity applies, as upstream; every other review at -v=4."""
+    if not outcome.allowed:
+        level, message = logging.WARNING, f"{subject} was denied. Reason: {outcome.reason}."
+    elif outcome.mutated:
+        level, message = KLOG_V3, f"{subject} was mutated."
+    elif outcome.method is not None:
+        level = KLOG_V3
+        message = (
+            f"{subject} was not mutated. Reason: Required volume mounts and env variables were "
+            "already present."
+        )
+    else:
+        level, message = logging.DEBUG, f"{subject} was not mutated. Reason: {outcome.reason}."
+    if log.isEnabledFor(level):
+        context = f" {_context(outcome)}" if outcome.pod_name or outcome.namespace else ""
+        log.log(level, message + context, extra={"fields": _fields(outcome)})
+
+
+def _name_the_pod(outcome: Outcome, body: bytes) -> None:
+    """Best effort: who a denied request was for (denials are rare; parse the body again)."""
+    try:
+        request = orjson.loads(body).get("request") or {}
+        pod = request.get("object") or {}
+        meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        outcome.namespace = _string(request.get("namespace"))
+        outcome.pod_name = _string(meta.get("name") or meta.get("generateName"))
+        outcome.service_account = _string(spec.get("serviceAccountName"))
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+
+
+def _logged_parse(
+    parse: Callable[[bytes], PendingReview | Outcome],
+) -> Callable[[bytes], PendingReview | Outcome]:
+    @functools.wraps(parse)
+    def parse_and_log(body: bytes) -> PendingReview | Outcome:
+        result = parse(body)
+        if isinstance(result, Outcome):
+            if not result.allowed:
+                _name_the_pod(result, body)
+            log_decision(result, "Pod" if result.pod_name else "Request")
+        return result
+
+    return parse_and_log
+
+
+_Finish = Callable[["PendingReview", Lookup, MutationSettings], "Outcome"]
+
+
+def _logged_finish(finish: _Finish) -> _Finish:
+    @functools.wraps(finish)
+    def finish_and_log(
+        pending: PendingReview, lookup: Lookup, settings: MutationSettings
+    ) -> Outcome:
+        try:
+            outcome = finish(pending, lookup, settings)
+        except Exception as err:
+            # The server logs the error and answers 500; the note says which pod it was.
+            err.add_note(
+                f"while reviewing Pod={pending.pod_name}, "
+                f"ServiceAccount={pending.service_account}, Namespace={pending.namespace}"
+            )
+            raise
+        log_decision(outcome)
+        return outcome
+
+    return finish_and_log
+
+
+def _no_identity_reason(pending: PendingReview, lookup: Lookup, settings: MutationSettings) -> str:
+    """Why a pod gets nothing: its ServiceAccount is unknown, or known without a role."""
+    who = f"ServiceAccount {pending.namespace}/{pending.service_account}"
+    if lookup.service_account is None:
+        if lookup.config_map is not None:
+            return f"{who} not in the cache; its ConfigMap entry has no RoleARN"
+        return f"{who} not in the cache"
+    where = f"no {settings.role_arn_key} annotation"
+    if lookup.config_map is not None:
+        where += ", ConfigMap entry without RoleARN"
+    return f"{who} has no role ({where})"
+
+
+@_logged_parse
 def parse_review(body: bytes) -> PendingReview | Outcome:
     """Decode the body; an Outcome means it is answered already (bad input or nothing to do)."""
     try:
@@ -147,10 +267,12 @@ def uid_jitter(uid: str) -> int:
     return JITTER_MIN_TOKEN_EXPIRATION + int.from_bytes(digest[:8], "big") % span
 
 
+@_logged_finish
 def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSettings) -> Outcome:
     identity: Identity | None = resolve_identity(lookup, settings)
     if identity is None:
-        outcome = _allow(pending.api_version, pending.uid, "no identity for service account")
+        reason = _no_identity_reason(pending, lookup, settings)
+        outcome = _allow(pending.api_version, pending.uid, reason)
         outcome.missing_service_account = (
             lookup.service_account is None and lookup.config_map is None
         )

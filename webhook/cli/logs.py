@@ -1,6 +1,7 @@
 """Structured logs: one line per event, `key=value` (logfmt) or JSON, never secrets.
 
-Verbosity follows klog's `-v`: 0 to 3 info, 4 and above debug (one line per admission review).
+Verbosity follows klog's `-v`: 0 info (every denial is a warning line), 3 adds upstream's
+"Pod was mutated" line per pod, 4 and above debug (one line per admission review).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import sys
 import time
 
 import orjson
+
+from webhook.review import KLOG_V3
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
@@ -53,8 +56,11 @@ def configure(verbosity: int, fmt: str, quiet: bool = False) -> None:
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.addLevelName(KLOG_V3, "INFO")  # klog writes V(3) lines as info too
     if verbosity >= 4:
         root.setLevel(logging.DEBUG)
+    elif verbosity == 3:
+        root.setLevel(KLOG_V3)
     else:
         root.setLevel(logging.WARNING if quiet and verbosity == 0 else logging.INFO)
     for noisy in ("uvicorn", "uvicorn.error", "kubernetes", "urllib3"):

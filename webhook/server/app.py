@@ -93,24 +93,6 @@ async def run_review(ctx: WebhookContext, body: bytes) -> Outcome:
     return finish_review(pending, lookup, ctx.settings)
 
 
-def _log_outcome(outcome: Outcome) -> None:
-    log.debug(
-        "admission review",
-        extra={
-            "fields": {
-                "uid": outcome.uid,
-                "pod": outcome.pod_name,
-                "namespace": outcome.namespace,
-                "serviceAccount": outcome.service_account,
-                "allowed": outcome.allowed,
-                "mutated": outcome.mutated,
-                "method": outcome.method or "",
-                "reason": outcome.reason,
-            }
-        },
-    )
-
-
 class MutateEndpoint:
     """`/mutate` as a bare ASGI handler in front of the FastAPI app.
 
@@ -159,8 +141,6 @@ class MutateEndpoint:
                 ctx.metrics.pod_identity_applied(outcome.method)
             elif outcome.missing_service_account:
                 ctx.metrics.service_account_missing()
-            if log.isEnabledFor(logging.DEBUG):
-                _log_outcome(outcome)
             await _send(send, 200, outcome.body, _JSON_TYPE)
         finally:
             ctx.metrics.observe_request(

@@ -1,0 +1,163 @@
+"""Decision logs an operator can act on: every denial by default, upstream's lines at -v=3."""
+
+import base64
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+
+import jsonpatch
+import orjson
+import pytest
+
+from webhook.cli import logs
+from webhook.review import finish_review, parse_review, review
+from webhook.sources.store import IdentityStore
+
+from .builders import ROLE, admission_review, container, pod, store_with
+
+Logged = Callable[..., list[str]]
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logged]:
+    """Run reviews with `serve`'s logging at a verbosity; the log lines they wrote."""
+
+    def run(
+        verbosity: int, *bodies: object, store: IdentityStore | None = None, fmt: str = "text"
+    ) -> list[str]:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        logs.configure(verbosity, fmt)
+        target = store or store_with(app={"eks.amazonaws.com/role-arn": ROLE}, plain={})
+        for body in bodies:
+            raw = body if isinstance(body, bytes) else orjson.dumps(body)
+            review(raw, target, target.settings)
+        return stream.getvalue().splitlines()
+
+    yield run
+
+
+def review_of(sa: str, name: str = "web-1", namespace: str = "default") -> dict[str, object]:
+    return admission_review(pod(sa=sa, metadata={"name": name}), namespace=namespace)
+
+
+def test_default_verbosity_logs_each_denial_with_reason_pod_namespace_and_sa(
+    logged: Logged,
+) -> None:
+    broken = admission_review(pod(container(env="not-a-list"), sa="app", metadata={"name": "b"}))
+    lines = logged(0, review_of("app"), review_of("plain"), broken)
+    assert len(lines) == 1  # mutations and pods without a role are quiet at -v=0
+    line = lines[0]
+    assert "level=warning" in line and "Pod was denied. Reason: cannot read pod:" in line
+    for field in ("pod=b", "namespace=default", "serviceAccount=app", "reason="):
+        assert field in line
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", orjson.dumps({"kind": "AdmissionReview", "apiVersion": "v2"})],
+)
+def test_undecodable_reviews_are_logged_too(logged: Logged, body: bytes) -> None:
+    lines = logged(0, body)
+    assert len(lines) == 1 and "Request was denied. Reason: " in lines[0]
+
+
+def test_v3_logs_pod_was_mutated_as_upstream_does(logged: Logged) -> None:
+    store = store_with()
+    store.replace_service_accounts([("shop", "app", {"eks.amazonaws.com/role-arn": ROLE})])
+    lines = logged(3, review_of("app", name="web-1", namespace="shop"), store=store)
+    assert len(lines) == 1
+    assert "level=info" in lines[0]
+    # upstream: klog.V(3).Infof("Pod was mutated. %s", logContext(...))
+    assert 'msg="Pod was mutated. Pod=web-1, ServiceAccount=app, Namespace=shop"' in lines[0]
+
+
+def test_v3_names_generate_name_pods_like_upstream(logged: Logged) -> None:
+    body = admission_review(pod(sa="app", metadata={"generateName": "web-"}))
+    (line,) = logged(3, body)
+    assert "Pod was mutated. Pod=web-, ServiceAccount=app" in line
+
+
+def test_v3_says_when_a_pod_already_had_everything(logged: Logged) -> None:
+    store = store_with(app={"eks.amazonaws.com/role-arn": ROLE})
+    first = review(orjson.dumps(review_of("app")), store, store.settings)
+    patched = json.loads(first.body)
+    assert patched["response"]["patch"]
+    operations = json.loads(base64.b64decode(patched["response"]["patch"]))
+    mutated_pod = jsonpatch.apply_patch(pod(sa="app", metadata={"name": "web-1"}), operations)
+    (line,) = logged(3, admission_review(mutated_pod), store=store)
+    assert "Pod was not mutated. Reason: Required volume mounts and env variables" in line
+
+
+def test_json_format_has_the_same_fields(logged: Logged) -> None:
+    (line,) = logged(0, admission_review(pod(container(env=3), sa="app")), fmt="json")
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert (record["pod"], record["namespace"], record["serviceAccount"]) == (
+        "pod-1",
+        "default",
+        "app",
+    )
+    assert record["reason"].startswith("cannot read pod:")
+
+
+def test_reason_tells_an_unknown_service_account_from_one_without_a_role() -> None:
+    store = store_with(plain={})
+    unknown = review(orjson.dumps(review_of("ghost")), store, store.settings)
+    no_role = review(orjson.dumps(review_of("plain")), store, store.settings)
+    assert unknown.reason == "ServiceAccount default/ghost not in the cache"
+    assert no_role.reason == (
+        "ServiceAccount default/plain has no role (no eks.amazonaws.com/role-arn annotation)"
+    )
+    assert unknown.missing_service_account and not no_role.missing_service_account
+
+
+def test_v4_logs_one_line_per_review_and_never_a_token(logged: Logged) -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    secret = admission_review(
+        pod(container(env=[{"name": "TOKEN", "value": token}]), sa="app", metadata={"name": "w"})
+    )
+    lines = logged(
+        4,
+        secret,
+        review_of("plain"),
+        review_of("ghost"),
+        admission_review(
+            {"kind": "Deployment"}, kind="Deployment", group="apps", resource="deployments"
+        ),
+    )
+    assert len(lines) == 4
+    mutated, no_role, unknown, other = lines
+    assert "Pod was mutated. Pod=w" in mutated and " mutated=true " in mutated
+    assert "has no role" in no_role and " mutated=false " in no_role
+    assert "ServiceAccount default/ghost not in the cache" in unknown
+    assert 'msg="Request was not mutated. Reason: not a Pod' in other
+    assert not any(token in line for line in lines)
+
+
+def test_an_internal_error_names_the_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_with(app={"eks.amazonaws.com/role-arn": ROLE})
+    pending = parse_review(orjson.dumps(review_of("app", name="web-9")))
+
+    def explode(*_: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("webhook.review.plan_mutation", explode)
+    assert not hasattr(pending, "body")
+    with pytest.raises(RuntimeError) as caught:
+        finish_review(pending, store.lookup("default", "app"), store.settings)  # type: ignore[arg-type]
+    assert "Pod=web-9, ServiceAccount=app, Namespace=default" in "".join(caught.value.__notes__)
+
+
+@pytest.mark.parametrize(("verbosity", "quiet", "shown"), [(0, True, False), (1, True, True)])
+def test_replay_stays_quiet_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, verbosity: int, quiet: bool, shown: bool
+) -> None:
+    import logging
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure(verbosity, "text", quiet=quiet)
+    logging.getLogger("webhook.test").info("an info line")
+    assert ("an info line" in stream.getvalue()) is shown
