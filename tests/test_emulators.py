@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from e2e.emulators import CredentialStore, OidcProvider, PodIdentityAgentEmulator, StsEmulator
+from e2e.emulators.probe import ProbeResult, run_probe
 
 ACCOUNT = "111122223333"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/eks-irsa-lab-demo-s3-reader-role"
@@ -101,6 +99,8 @@ class Issuer:
         issued_ago: int = 0,
         iss: str | None = None,
         key: rsa.RSAPrivateKey | None = None,
+        kid: str | None = None,
+        not_before_in: int = 0,
         extra: Mapping[str, Any] | None = None,
     ) -> str:
         now = int(time.time()) - issued_ago
@@ -109,12 +109,14 @@ class Issuer:
             "sub": sub,
             "aud": [aud] if isinstance(aud, str) else aud,
             "iat": now,
-            "nbf": now,
+            "nbf": now + not_before_in,
             "exp": now + lifetime,
             **(extra or {}),
         }
         signer = key or self.signing_keys[self.current_kid]
-        return jwt.encode(claims, signer, algorithm="RS256", headers={"kid": self.current_kid})
+        return jwt.encode(
+            claims, signer, algorithm="RS256", headers={"kid": kid or self.current_kid}
+        )
 
     def stop(self) -> None:
         self._httpd.shutdown()
@@ -261,37 +263,9 @@ def error_of(call: Any) -> tuple[str, str]:
     return error["Code"], error["Message"]
 
 
-# botocore in a fresh process, configured only through what the webhook injects into a pod.
-CHAIN = """
-import json, botocore.session
-out = {"botocore": botocore.__version__}
-try:
-    session = botocore.session.get_session()
-    credentials = session.get_credentials()
-    out["method"] = credentials.method
-    out["access_key"] = credentials.get_frozen_credentials().access_key
-    out["arn"] = session.create_client("sts").get_caller_identity()["Arn"]
-except Exception as e:
-    out["error"] = str(e)
-print(json.dumps(out))
-"""
-
-
-def default_chain(tmp_path: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    isolated = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),  # no ~/.aws
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        **env,
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", CHAIN], env=isolated, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+def default_chain(tmp_path: Path, env: Mapping[str, str]) -> ProbeResult:
+    """botocore in a fresh process, configured only by what the webhook injects into a pod."""
+    return run_probe({"AWS_DEFAULT_REGION": "us-east-1", **env}, home=tmp_path)
 
 
 def irsa_env(tmp_path: Path, sts: StsEmulator, token: str) -> dict[str, str]:
@@ -312,10 +286,10 @@ def test_default_chain_assumes_the_role_and_get_caller_identity_names_it(
 ) -> None:
     result = default_chain(tmp_path, irsa_env(tmp_path, sts, issuer.token()))
 
-    assert result.get("error") is None
-    assert result["method"] == "assume-role-with-web-identity"
-    assert result["access_key"].startswith("ASIA")
-    assert result["arn"].startswith(
+    assert result.error is None
+    assert result.method == "assume-role-with-web-identity"
+    assert str(result.access_key).startswith("ASIA")
+    assert str(result.arn).startswith(
         f"arn:aws:sts::{ACCOUNT}:assumed-role/eks-irsa-lab-demo-s3-reader-role/"
     )
     # Both calls reached the emulator named by AWS_ENDPOINT_URL_STS, and nothing else answered.
@@ -324,7 +298,7 @@ def test_default_chain_assumes_the_role_and_get_caller_identity_names_it(
         ("GetCallerIdentity", True),
     ]
     assert sts.calls[0].subject == SUB
-    assert sts.calls[1].arn == result["arn"]
+    assert sts.calls[1].arn == result.arn
 
 
 def test_assume_role_answer_has_sts_fields(issuer: Issuer, sts: StsEmulator) -> None:
@@ -371,7 +345,7 @@ def test_namespace_pinning_refuses_the_same_name_in_another_namespace(
 
     result = default_chain(tmp_path, irsa_env(tmp_path, sts, token))
 
-    assert result["error"] == DENIED
+    assert result.error == DENIED
     assert [(c.code, c.status, c.subject) for c in sts.calls] == [
         ("AccessDenied", 403, "system:serviceaccount:demo2:s3-reader")
     ]
@@ -425,6 +399,66 @@ def test_expired_token_names_both_times(issuer: Issuer, sts: StsEmulator) -> Non
     current = int(message.removeprefix(prefix).split()[0])
     assert abs(current - time.time()) < 60
     assert message.endswith(f" must be before the expiration date/time {expired_at}")
+
+
+def test_a_key_id_missing_from_the_jwks_is_refetched_once_then_refused(
+    issuer: Issuer, sts: StsEmulator
+) -> None:
+    assume(sts, issuer.token())
+    stray = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    code, message = error_of(lambda: assume(sts, issuer.token(key=stray, kid="not-published")))
+
+    assert code == "InvalidIdentityToken"
+    assert message.startswith("Couldn't retrieve verification key from your identity provider")
+    assert sts.jwks_fetches(issuer.url) == 2
+
+
+def test_the_issuer_is_reached_over_verified_tls(issuer: Issuer) -> None:
+    # Registered with the system CAs only: the issuer's self-signed chain must not be trusted.
+    provider = OidcProvider(issuer.url, [STS_AUDIENCE], ssl_context=ssl.create_default_context())
+    policy = least_privilege_policy(issuer)
+
+    with StsEmulator("127.0.0.1", 0, ACCOUNT, [provider], {ROLE: policy}) as sts:
+        code, message = error_of(lambda: assume(sts, issuer.token()))
+
+    assert code == "InvalidIdentityToken"
+    assert message.startswith("Couldn't retrieve verification key")
+
+
+def test_a_token_not_yet_valid_is_refused(issuer: Issuer, sts: StsEmulator) -> None:
+    code, _ = error_of(lambda: assume(sts, issuer.token(not_before_in=600)))
+
+    assert code == "InvalidIdentityToken"
+
+
+def test_query_protocol_get_form_and_unknown_actions(issuer: Issuer, sts: StsEmulator) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode(
+        {
+            "Action": "AssumeRoleWithWebIdentity",
+            "Version": "2011-06-15",
+            "RoleArn": ROLE,
+            "RoleSessionName": "via-get",
+            "WebIdentityToken": issuer.token(),
+        }
+    )
+    with urllib.request.urlopen(f"{sts.url}/?{query}", timeout=10) as response:
+        body = response.read().decode()
+    assert "<AssumeRoleWithWebIdentityResponse" in body
+    assert "assumed-role/eks-irsa-lab-demo-s3-reader-role/via-get</Arn>" in body
+
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{sts.url}/?Action=AssumeRole&Version=2011-06-15", timeout=10)
+    assert raised.value.code == 400
+    assert "<Code>InvalidAction</Code>" in raised.value.read().decode()
+    assert sts.summary_lines()[-1] == (
+        "StsEmulator: AssumeRole -> 400 InvalidAction: Could not find operation AssumeRole"
+        " for version 2011-06-15"
+    )
 
 
 def test_unknown_role_is_access_denied_like_a_refused_trust_policy(
@@ -584,10 +618,10 @@ def test_container_provider_gets_credentials_from_the_agent(
 ) -> None:
     result = default_chain(tmp_path, pod_identity_env(tmp_path, agent, sts, pod_token(issuer)))
 
-    assert result.get("error") is None
-    assert result["method"] == "container-role"
+    assert result.error is None
+    assert result.method == "container-role"
     # The agent's credentials sign a GetCallerIdentity the STS emulator recognises.
-    assert result["arn"].startswith(
+    assert str(result.arn).startswith(
         f"arn:aws:sts::{ACCOUNT}:assumed-role/eks-irsa-lab-demo-s3-reader-role/eks-cluster-demo-pod-"
     )
     assert [(c.action, c.ok, c.subject) for c in agent.calls] == [
@@ -631,9 +665,9 @@ def test_container_provider_is_refused_a_token_for_the_wrong_audience(
 
     result = default_chain(tmp_path, pod_identity_env(tmp_path, agent, sts, sts_token))
 
-    assert "Received non 200 response 400 from container metadata" in result["error"]
-    assert (
-        "(InvalidTokenException): Token audience is not pods.eks.amazonaws.com" in result["error"]
+    assert "Received non 200 response 400 from container metadata" in str(result.error)
+    assert "(InvalidTokenException): Token audience is not pods.eks.amazonaws.com" in str(
+        result.error
     )
     assert {c.code for c in agent.calls} == {"InvalidTokenException"}
 

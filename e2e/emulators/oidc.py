@@ -137,8 +137,9 @@ def verify(
 ) -> dict[str, Any]:
     """Verified claims of `token`: signature by a key of the issuer's JWKS, `iss`, `aud`, times.
 
-    Audience is checked before the signature, as STS reports a wrong audience as such even for a
-    token it could not verify; the caller has already matched `iss` to a registered provider.
+    The audience is compared first, from the unverified claims, so that the most common
+    misconfiguration is reported as itself; nothing is granted before the signature verifies.
+    The caller has already matched `iss` to a registered provider.
     """
     claims = unverified_claims(token)
     token_aud = claims.get("aud")

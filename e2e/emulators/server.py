@@ -86,6 +86,11 @@ class EmulatorServer:
     def handle(self, request: Request) -> Response:
         raise NotImplementedError
 
+    def summary_lines(self) -> list[str]:
+        """One line per judged request, for a test's printed summary."""
+        with self._calls_lock:
+            return [f"{type(self).__name__}: {c.summary()}" for c in self.calls]
+
     def record(self, call: Call) -> None:
         with self._calls_lock:
             self.calls.append(call)
