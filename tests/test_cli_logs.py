@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from webhook.cli import logs
-from webhook.review import finish_review, parse_review, review
+from webhook.review import PendingReview, finish_review, parse_review, review
 from webhook.sources.store import IdentityStore
 
 from .builders import ROLE, admission_review, container, pod, store_with
@@ -144,9 +144,9 @@ def test_an_internal_error_names_the_pod(monkeypatch: pytest.MonkeyPatch) -> Non
         raise RuntimeError("bug")
 
     monkeypatch.setattr("webhook.review.plan_mutation", explode)
-    assert not hasattr(pending, "body")
+    assert isinstance(pending, PendingReview)
     with pytest.raises(RuntimeError) as caught:
-        finish_review(pending, store.lookup("default", "app"), store.settings)  # type: ignore[arg-type]
+        finish_review(pending, store.lookup("default", "app"), store.settings)
     assert "Pod=web-9, ServiceAccount=app, Namespace=default" in "".join(caught.value.__notes__)
 
 

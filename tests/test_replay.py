@@ -98,7 +98,7 @@ def test_diff_output_is_a_readable_unified_diff(
 ) -> None:
     review = write_review(tmp_path, "r.json", admission_review(pod()))
     _, out, _ = run(capsys, "--objects", str(objects), "--output", "diff", str(review))
-    assert out.startswith("--- r (original)\n+++ r (mutated)\n")
+    assert out.startswith("--- default/pod-1 (original)\n+++ default/pod-1 (mutated)\n")
     assert "+    - name: AWS_ROLE_ARN\n" in out or "+  - name: AWS_ROLE_ARN\n" in out.replace(
         "    - name", "  - name"
     )
@@ -193,7 +193,8 @@ def test_expect_reports_differences_and_exits_nonzero(
         str(review),
     )
     assert code == 1
-    assert "DIFFERENT case" in err and "AWS_DEFAULT_REGION" in err  # the diff shows decoded patches
+    assert f"DIFFERENT default/pod-1 ({expected / 'case.json'})" in err
+    assert "AWS_DEFAULT_REGION" in err  # the diff shows decoded patches
 
 
 def test_expect_without_a_stored_response_fails(
@@ -203,28 +204,148 @@ def test_expect_without_a_stored_response_fails(
     code, _, err = run(
         capsys, "--objects", str(objects), "--expect", str(tmp_path / "none"), str(review)
     )
-    assert code == 1 and "MISSING new" in err
+    assert code == 1 and "MISSING default/pod-1: no " in err
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), ("{not: [valid", "neither JSON"), ('{"kind": "Pod"}', None)],
+    [
+        (None, "no such file"),
+        ("{not: [valid", "neither JSON"),
+        ('{"kind": "Pod"}', "input.json: the input is a Pod, not an AdmissionReview"),
+        ("null", "input.json: the input is null, not an AdmissionReview"),
+        ("kind: Pod\n---\nkind: Service\n", "input.json: document 1 is a Pod, not an"),
+        ("", "input.json: empty"),
+    ],
 )
 def test_bad_inputs_give_clear_errors(
     tmp_path: Path,
     objects: Path,
     capsys: pytest.CaptureFixture[str],
     content: str | None,
-    message: str | None,
+    message: str,
 ) -> None:
     path = tmp_path / "input.json"
     if content is not None:
         path.write_text(content)
     code, out, err = run(capsys, "--objects", str(objects), str(path))
-    if message is None:  # parsed, but not a review: the pipeline answers allowed=false
-        assert code == 0 and json.loads(out)["response"]["allowed"] is False
-    else:
-        assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert out == ""  # nothing was answered for it
+
+
+def test_a_non_review_input_is_an_error_but_the_others_are_replayed(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_review(tmp_path, "good.json", admission_review(pod()))
+    bad = write_review(tmp_path, "pod.json", pod())
+    code, out, err = run(capsys, "--objects", str(objects), str(bad), str(good))
+    assert code == 2
+    assert f"error: {bad}: the input is a Pod, not an AdmissionReview" in err
+    assert len(out.splitlines()) == 1 and "patch" in json.loads(out)["response"]
+
+
+def test_without_objects_it_warns_that_nothing_is_known(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    review = write_review(tmp_path, "r.json", admission_review(pod()))
+    code, _, err = run(capsys, str(review))
+    assert code == 0
+    assert "warning: no --objects: no ServiceAccount is known" in err
+    assert "no review was mutated: 1x ServiceAccount default/app not in the cache" in err
+
+
+def test_a_config_map_without_watch_config_map_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = tmp_path / "objects.yaml"
+    objects.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pod-identity-webhook, namespace: eks}\n"
+        f'data: {{config: \'{{"default/app": {{"RoleARN": "{ROLE}"}}}}\'}}\n'
+    )
+    review = write_review(tmp_path, "r.json", admission_review(pod()))
+    _, _, err = run(capsys, "--objects", str(objects), str(review))
+    assert "eks/pod-identity-webhook ConfigMap, but it is ignored without --watch-config-map" in err
+    _, out, err = run(capsys, "--objects", str(objects), "--watch-config-map", str(review))
+    assert "ConfigMap" not in err and "patch" in json.loads(out)["response"]
+
+
+def test_update_expected_says_what_it_wrote(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    write_review(folder, "a.json", admission_review(pod(), uid="a"))
+    write_review(folder, "b.json", admission_review(pod(sa="other"), uid="b"))
+    golden = tmp_path / "golden"
+    update = ("--objects", str(objects), "--expect", str(golden), "--update-expected")
+    _, _, err = run(capsys, *update, str(folder))
+    assert (
+        f"replay: wrote 2 expected response(s) to {golden} (2 new, 0 changed, 0 unchanged)" in err
+    )
+    _, _, err = run(capsys, *update, "--aws-default-region=eu-west-1", str(folder))
+    assert "(0 new, 1 changed, 1 unchanged)" in err  # b has no role: its answer is the same
+
+
+def audit_event(audit_id: str, name: str, verb: str = "create") -> dict[str, Any]:
+    return {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "auditID": audit_id,
+        "verb": verb,
+        "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
+        "requestObject": pod(metadata={"name": name}),
+    }
+
+
+def test_a_truncated_last_audit_line_is_reported_and_the_rest_replayed(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [json.dumps(audit_event(f"id-{i}", f"web-{i}")) for i in range(3)]
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(lines) + "\n\n" + lines[0][:40])  # line 5, cut mid-write
+    code, out, err = run(capsys, "--objects", str(objects), str(log))
+    assert code == 0
+    assert f"warning: {log}: line 5 is not complete JSON" in err
+    assert [json.loads(o)["response"]["uid"] for o in out.splitlines()] == ["id-0", "id-1", "id-2"]
+
+
+def test_a_broken_audit_line_in_the_middle_is_an_error_with_its_number(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = json.dumps(audit_event("id-1", "web-1"))
+    log = tmp_path / "audit.log"
+    log.write_text(f"{good}\n{{oops\n{good}\n")
+    code, out, err = run(capsys, "--objects", str(objects), str(log))
+    assert code == 2 and f"error: {log}: line 2 is not JSON" in err
+    assert len(out.splitlines()) == 2
+
+
+def test_audit_cases_are_named_by_pod_and_audit_id(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text(
+        "\n".join(json.dumps(audit_event(i, n)) for i, n in (("e1", "web-1"), ("e2", "web-2")))
+    )
+    _, out, _ = run(capsys, "--objects", str(objects), "-o", "diff", str(log))
+    assert "--- default/web-1 (auditID e1) (original)" in out
+    assert "--- default/web-2 (auditID e2) (original)" in out
+    golden = tmp_path / "golden"
+    run(capsys, "--objects", str(objects), "--expect", str(golden), "--update-expected", str(log))
+    assert sorted(p.name for p in (golden / "audit").iterdir()) == ["e1.json", "e2.json"]
+
+
+def test_an_audit_log_without_pod_creates_says_why(
+    tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "audit.log"
+    event = audit_event("e1", "web-1")
+    del event["requestObject"]  # logged at level Metadata
+    log.write_text(json.dumps(event) + "\n")
+    code, _, err = run(capsys, "--objects", str(objects), str(log))
+    assert code == 2
+    assert "1 audit event(s), none a pod create with its requestObject" in err
+    assert "level Request or RequestResponse" in err
 
 
 def test_bad_objects_file_is_a_usage_error(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import base64
 import difflib
+import logging
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,17 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook.cli import UsageError, flags, logs
+from webhook.cli import PROG, UsageError, flags, logs
+from webhook.cli.common import add_output_flag
+from webhook.cli.replay_inputs import Case, read_cases
 from webhook.core.configmap import ConfigMapError
-from webhook.review import V1, review
+from webhook.core.settings import CONFIG_MAP_NAME
+from webhook.review import review
 from webhook.sources.container_credentials import ContainerCredentialsError, parse_identities
-from webhook.sources.objects import ObjectsError, ObjectsSource
+from webhook.sources.objects import ObjectsError, ObjectsSource, load_objects
 from webhook.sources.store import IdentityStore
 
 HELP = "replay captured AdmissionReviews or audit logs offline, through the server's code path"
-_SUFFIXES = (".json", ".yaml", ".yml", ".jsonl", ".log")
-
-
-@dataclass(slots=True)
-class Case:
-    name: str  # stable identifier used for --expect file names
-    body: bytes
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -45,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False
     flags.add_mutation_flags(parser)
     flags.add_klog_flags(parser)
-    parser.add_argument(
-        "--output",
-        choices=("response", "pod", "diff"),
-        default="response",
-        help="response: AdmissionReview JSON lines; pod: mutated pods; diff: unified diffs",
+    add_output_flag(
+        parser,
+        ("response", "pod", "diff"),
+        help_text="response: AdmissionReview JSON lines (default); pod: mutated pods; "
+        "diff: unified diffs",
     )
     parser.add_argument(
         "--expect",
@@ -69,100 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# -- reading inputs -------------------------------------------------------------------------
+def warn(message: str) -> None:
+    print(f"{PROG} replay: warning: {message}", file=sys.stderr)
 
 
-def _audit_event_review(event: dict[str, Any]) -> dict[str, Any] | None:
-    ref = event.get("objectRef") or {}
-    if (
-        event.get("verb") != "create"
-        or ref.get("resource") != "pods"
-        or ref.get("subresource")
-        or not isinstance(event.get("requestObject"), dict)
-    ):
-        return None
-    pod = event["requestObject"]
-    spec = pod.get("spec")
-    if isinstance(spec, dict) and not spec.get("serviceAccountName"):
-        # Audit logs record the object before admission; the ServiceAccount admission plugin
-        # (which runs before webhooks) would have filled in "default".
-        pod = {**pod, "spec": {**spec, "serviceAccountName": "default"}}
-    return {
-        "apiVersion": V1,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": event.get("auditID", ""),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": ref.get("namespace", ""),
-            "operation": "CREATE",
-            "object": pod,
-        },
-    }
+class Problems:
+    """Inputs that could not be replayed: reported at once, and they make the exit code 2."""
 
+    def __init__(self) -> None:
+        self.count = 0
 
-def _reviews_in(document: Any) -> Iterator[tuple[dict[str, Any] | None, bytes | None]]:
-    """(review, None) for parsed documents; audit events become synthetic v1 reviews."""
-    if isinstance(document, list):
-        for item in document:
-            yield from _reviews_in(item)
-    elif isinstance(document, dict):
-        kind = document.get("kind")
-        if kind == "AdmissionReview":
-            yield document, None
-        elif kind == "Event" and "auditID" in document:
-            converted = _audit_event_review(document)
-            if converted is not None:
-                yield converted, None
-        elif kind in ("EventList", "List") and isinstance(document.get("items"), list):
-            yield from _reviews_in(document["items"])
-        else:
-            yield document, None  # not a review: the pipeline answers with a clear error
-
-
-def _cases_from_text(label: str, data: bytes, stem: str) -> Iterator[Case]:
-    """`stem` names the cases: unique per input file, so --expect files never collide."""
-    try:
-        whole = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        whole = None
-    documents: list[Any]
-    if whole is not None:
-        if isinstance(whole, dict) and whole.get("kind") == "AdmissionReview":
-            yield Case(stem, data)  # exact bytes, as the API server would send them
-            return
-        documents = [whole]
-    else:
-        lines = [line for line in data.splitlines() if line.strip()]
-        try:
-            documents = [orjson.loads(line) for line in lines]  # audit log: JSON lines
-        except orjson.JSONDecodeError:
-            try:
-                documents = list(yaml.safe_load_all(data))
-            except yaml.YAMLError as err:
-                raise UsageError(f"{label}: neither JSON, JSON lines nor YAML: {err}") from None
-    reviews = [r for doc in documents for r, _ in _reviews_in(doc)]
-    for index, item in enumerate(reviews):
-        name = stem if len(reviews) == 1 else f"{stem}-{index + 1:04d}"
-        yield Case(name, orjson.dumps(item))
-
-
-def read_cases(inputs: Sequence[str]) -> Iterator[Case]:
-    for item in inputs:
-        if item == "-":
-            yield from _cases_from_text("-", sys.stdin.buffer.read(), "stdin")
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
-            for file in files:
-                # Relative to the directory: a/review.json and b/review.json stay distinct.
-                stem = file.relative_to(path).with_suffix("").as_posix()
-                yield from _cases_from_text(str(file), file.read_bytes(), stem)
-        elif path.is_file():
-            yield from _cases_from_text(str(path), path.read_bytes(), path.stem)
-        else:
-            raise UsageError(f"{item}: no such file or directory")
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        print(f"{PROG} replay: error: {message}", file=sys.stderr)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -186,11 +102,11 @@ def _diff(case: Case, before: Any, after: Any) -> str:
 
     diff = "".join(
         difflib.unified_diff(
-            lines(before), lines(after), f"{case.name} (original)", f"{case.name} (mutated)"
+            lines(before), lines(after), f"{case.label} (original)", f"{case.label} (mutated)"
         )
     )
     if not diff:
-        return f"# {case.name}: unchanged\n"
+        return f"# {case.label}: unchanged\n"
     return diff if diff.endswith("\n") else diff + "\n"
 
 
@@ -209,6 +125,21 @@ def _readable(response: dict[str, Any]) -> list[str]:
     )
 
 
+def _config_map_hint(args: argparse.Namespace) -> None:
+    """Warn when --objects holds the webhook's ConfigMap but ConfigMap mode is off."""
+    if args.watch_config_map:
+        return
+    try:
+        found = load_objects(args.objects, args.namespace).config_map_document is not None
+    except ObjectsError:
+        return  # only the ConfigMap itself is unreadable, and it is not used
+    if found:
+        warn(
+            f"--objects has the {args.namespace}/{CONFIG_MAP_NAME} ConfigMap, but it is "
+            "ignored without --watch-config-map"
+        )
+
+
 def build_store(args: argparse.Namespace) -> IdentityStore:
     settings = flags.settings_from_args(args)
     store = IdentityStore(settings)
@@ -219,6 +150,12 @@ def build_store(args: argparse.Namespace) -> IdentityStore:
             ).load()
         except (ObjectsError, ConfigMapError) as err:
             raise UsageError(f"--objects: {err}") from None
+        _config_map_hint(args)
+    elif not args.watch_container_credentials_config:
+        warn(
+            "no --objects: no ServiceAccount is known, so no pod gets a role "
+            "(capture them with `kubectl get sa,cm -A -o yaml > objects.yaml`)"
+        )
     if args.watch_container_credentials_config:
         path = Path(args.watch_container_credentials_config)
         try:
@@ -228,28 +165,79 @@ def build_store(args: argparse.Namespace) -> IdentityStore:
     return store
 
 
+class Expectations:
+    """--expect DIR: compare each response with DIR/<key>.json, or (re)write them."""
+
+    def __init__(self, directory: Path, update: bool) -> None:
+        self.directory = directory
+        self.update = update
+        self.failures = 0
+        self.written: Counter[str] = Counter()  # new, changed, unchanged
+        self.keys: set[str] = set()
+        if update:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def check(self, case: Case, response: dict[str, Any]) -> None:
+        if case.key in self.keys:
+            raise UsageError(
+                f"two inputs are both named {case.key!r} for --expect; "
+                "pass the directory that holds them instead"
+            )
+        self.keys.add(case.key)
+        file = self.directory / f"{case.key}.json"
+        if self.update:
+            encoded = orjson.dumps(response, option=orjson.OPT_INDENT_2) + b"\n"
+            old = file.read_bytes() if file.exists() else None
+            self.written[
+                "new" if old is None else "unchanged" if old == encoded else "changed"
+            ] += 1
+            if old != encoded:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_bytes(encoded)
+            return
+        if not file.exists():
+            self.failures += 1
+            print(f"MISSING {case.label}: no {file}", file=sys.stderr)
+            return
+        expected = orjson.loads(file.read_bytes())
+        if expected != response:
+            self.failures += 1
+            exp, got = _readable(expected), _readable(response)
+            diff = "\n".join(difflib.unified_diff(exp, got, "expected", "actual", lineterm=""))
+            print(f"DIFFERENT {case.label} ({file}):\n{diff}", file=sys.stderr)
+
+    def summary(self, count: int) -> str:
+        if not self.update:
+            return f"replay: {count - self.failures} of {count} matched {self.directory}"
+        counts = ", ".join(f"{self.written[k]} {k}" for k in ("new", "changed", "unchanged"))
+        return f"replay: wrote {count} expected response(s) to {self.directory} ({counts})"
+
+
+def _nothing_mutated(reasons: Counter[str]) -> str:
+    """Why none of the reviews got a patch, most common reason first."""
+    listed = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(5))
+    more = len(reasons) - 5
+    return f"no review was mutated: {listed}" + (f"; {more} other reason(s)" if more > 0 else "")
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.verbosity, args.log_format, quiet=True)
+    if args.verbosity == 0:
+        # Every answer is on stdout already; the server's denial log lines would repeat them.
+        logging.getLogger("webhook.review").setLevel(logging.ERROR)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
     store = build_store(args)
-    expect_dir = Path(args.expect) if args.expect else None
-    if expect_dir is not None and args.update_expected:
-        expect_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    count = 0
+    expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
+    problems = Problems()
     out = sys.stdout
-    seen: set[str] = set()
-    for case in read_cases(args.inputs):
+    count = 0
+    unmutated: Counter[str] = Counter()
+    for case in read_cases(args.inputs, problems, warn):
         count += 1
-        if expect_dir is not None:
-            if case.name in seen:
-                raise UsageError(
-                    f"two inputs are both named {case.name!r} for --expect; "
-                    "pass the directory that holds them instead"
-                )
-            seen.add(case.name)
         outcome = review(case.body, store, store.settings)
+        if not outcome.mutated:
+            unmutated[outcome.reason] += 1
         response = orjson.loads(outcome.body)
         if args.output == "response":
             out.write(outcome.body.decode() + "\n")
@@ -259,25 +247,16 @@ def run(args: argparse.Namespace) -> int:
                 out.write(orjson.dumps(after).decode() + "\n")
             else:
                 out.write(_diff(case, before, after))
-        if expect_dir is None:
-            continue
-        expected_file = expect_dir / f"{case.name}.json"
-        if args.update_expected:
-            expected_file.parent.mkdir(parents=True, exist_ok=True)
-            expected_file.write_bytes(orjson.dumps(response, option=orjson.OPT_INDENT_2) + b"\n")
-            continue
-        if not expected_file.exists():
-            failures += 1
-            print(f"MISSING {case.name}: no {expected_file}", file=sys.stderr)
-            continue
-        expected = orjson.loads(expected_file.read_bytes())
-        if expected != response:
-            failures += 1
-            exp, got = _readable(expected), _readable(response)
-            diff = "\n".join(difflib.unified_diff(exp, got, "expected", "actual", lineterm=""))
-            print(f"DIFFERENT {case.name}:\n{diff}", file=sys.stderr)
+        if expectations is not None:
+            expectations.check(case, response)
     if count == 0:
+        if problems.count:
+            return 2
         raise UsageError("no admission reviews found in the inputs")
-    if expect_dir is not None and not args.update_expected:
-        print(f"replay: {count - failures} of {count} matched {expect_dir}", file=sys.stderr)
-    return 1 if failures else 0
+    if unmutated and sum(unmutated.values()) == count:
+        warn(_nothing_mutated(unmutated))
+    if expectations is not None:
+        print(expectations.summary(count), file=sys.stderr)
+    if problems.count:
+        return 2
+    return 1 if expectations is not None and expectations.failures else 0

@@ -1,0 +1,208 @@
+"""What `replay` reads: AdmissionReview files, directories of them, stdin, and audit logs.
+
+Each review becomes a `Case` with two names: `key`, stable and unique per input (the file stem,
+or the auditID within an audit log), which names its `--expect` file; and `label`, the pod it
+is about (`namespace/pod`, plus the auditID), which every message shows. Inputs that are not
+reviews are reported with the file (and line) they came from instead of being replayed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from webhook.cli import UsageError
+from webhook.review import V1
+
+SUFFIXES = (".json", ".yaml", ".yml", ".jsonl", ".log")
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    key: str  # names DIR/<key>.json for --expect
+    label: str  # the pod, for people
+    body: bytes
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def pod_label(review: Any) -> str:
+    """`namespace/pod` (generateName for pods the API server will name), as kubectl shows."""
+    request = review.get("request") if isinstance(review, dict) else None
+    if not isinstance(request, dict):
+        return "?"
+    pod = request.get("object")
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    name = _text(meta.get("name")) or _text(meta.get("generateName")) or "?"
+    return f"{_text(request.get('namespace')) or '?'}/{name}"
+
+
+def _audit_event_review(event: dict[str, Any]) -> dict[str, Any] | None:
+    ref = event.get("objectRef") or {}
+    if (
+        event.get("verb") != "create"
+        or ref.get("resource") != "pods"
+        or ref.get("subresource")
+        or not isinstance(event.get("requestObject"), dict)
+    ):
+        return None
+    pod = event["requestObject"]
+    spec = pod.get("spec")
+    if isinstance(spec, dict) and not spec.get("serviceAccountName"):
+        # Audit logs record the object before admission; the ServiceAccount admission plugin
+        # (which runs before webhooks) would have filled in "default".
+        pod = {**pod, "spec": {**spec, "serviceAccountName": "default"}}
+    return {
+        "apiVersion": V1,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": event.get("auditID", ""),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": ref.get("namespace", ""),
+            "operation": "CREATE",
+            "object": pod,
+        },
+    }
+
+
+@dataclass(slots=True)
+class _Found:
+    review: dict[str, Any]
+    audit_id: str | None = None
+    exact: bool = False  # the input's bytes are this review, as the API server sent them
+
+
+def _describe(document: Any) -> str:
+    if isinstance(document, dict):
+        kind = document.get("kind")
+        return f"a {kind}" if isinstance(kind, str) and kind else "an object without kind"
+    return "null" if document is None else f"a {type(document).__name__}"
+
+
+class _Reader:
+    """Reads one input, collecting the reviews and reporting what is not one."""
+
+    def __init__(self, label: str, error: Report, warn: Report) -> None:
+        self.label = label
+        self.error = error
+        self.warn = warn
+        self.events = 0  # audit events seen, to explain an audit log without pod creates
+
+    def documents(self, document: Any, where: str) -> Iterator[_Found]:
+        if isinstance(document, list):
+            for index, item in enumerate(document):
+                item_where = f"item {index + 1} of {where}" if where else f"item {index + 1}"
+                yield from self.documents(item, item_where)
+            return
+        kind = document.get("kind") if isinstance(document, dict) else None
+        if kind == "AdmissionReview":
+            yield _Found(document)
+        elif kind == "Event" and "auditID" in document:
+            self.events += 1
+            converted = _audit_event_review(document)
+            if converted is not None:
+                yield _Found(converted, _text(document.get("auditID")))
+        elif kind in ("EventList", "List") and isinstance(document.get("items"), list):
+            yield from self.documents(document["items"], where)
+        else:
+            self.error(
+                f"{self.label}: {where or 'the input'} is {_describe(document)}, "
+                "not an AdmissionReview or a Kubernetes audit event"
+            )
+
+    def json_lines(self, lines: list[tuple[int, bytes]]) -> Iterator[_Found]:
+        last = lines[-1][0]
+        for number, line in lines:
+            try:
+                document = orjson.loads(line)
+            except orjson.JSONDecodeError as err:
+                if number == last:
+                    self.warn(
+                        f"{self.label}: line {number} is not complete JSON (a log still being "
+                        "written?); replayed the lines before it"
+                    )
+                else:
+                    self.error(f"{self.label}: line {number} is not JSON: {err}")
+                continue
+            yield from self.documents(document, f"line {number}")
+
+    def read(self, data: bytes) -> Iterator[_Found]:
+        try:
+            whole = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(whole, dict) and whole.get("kind") == "AdmissionReview":
+                yield _Found(whole, exact=True)
+            else:
+                yield from self.documents(whole, "")
+            return
+        numbered = [(i + 1, line) for i, line in enumerate(data.splitlines()) if line.strip()]
+        if not numbered:
+            self.error(f"{self.label}: empty")
+            return
+        try:
+            orjson.loads(numbered[0][1])
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            yield from self.json_lines(numbered)  # JSON lines: an audit log
+            return
+        try:
+            documents = list(yaml.safe_load_all(data))
+        except yaml.YAMLError as err:
+            raise UsageError(f"{self.label}: neither JSON, JSON lines nor YAML: {err}") from None
+        many = len(documents) > 1
+        for index, document in enumerate(documents):
+            yield from self.documents(document, f"document {index + 1}" if many else "")
+
+
+def _cases(label: str, data: bytes, stem: str, error: Report, warn: Report) -> Iterator[Case]:
+    """`stem` makes keys unique per input file, so --expect files never collide."""
+    reader = _Reader(label, error, warn)
+    found = list(reader.read(data))
+    if reader.events and not found:
+        warn(
+            f"{label}: {reader.events} audit event(s), none a pod create with its requestObject "
+            "(the audit policy must log pods at level Request or RequestResponse)"
+        )
+    single = len(found) == 1
+    for index, item in enumerate(found):
+        who = pod_label(item.review)
+        if item.audit_id is not None:
+            key = stem if single else f"{stem}/{item.audit_id or f'{index + 1:04d}'}"
+            display = f"{who} (auditID {item.audit_id})" if item.audit_id else who
+        else:
+            key = stem if single else f"{stem}-{index + 1:04d}"
+            display = who
+        yield Case(key, display, data if item.exact else orjson.dumps(item.review))
+
+
+def read_cases(inputs: Sequence[str], error: Report, warn: Report) -> Iterator[Case]:
+    """Every review in the inputs; `error` and `warn` receive what could not be replayed."""
+    for item in inputs:
+        if item == "-":
+            yield from _cases("-", sys.stdin.buffer.read(), "stdin", error, warn)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+            for file in files:
+                # Relative to the directory: a/review.json and b/review.json stay distinct.
+                stem = file.relative_to(path).with_suffix("").as_posix()
+                yield from _cases(str(file), file.read_bytes(), stem, error, warn)
+        elif path.is_file():
+            yield from _cases(str(path), path.read_bytes(), path.stem, error, warn)
+        else:
+            raise UsageError(f"{item}: no such file or directory")
