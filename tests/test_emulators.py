@@ -30,7 +30,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from e2e.emulators import CredentialStore, OidcProvider, PodIdentityAgentEmulator, StsEmulator
+from e2e.emulators import (
+    CredentialStore,
+    OidcProvider,
+    PodIdentityAgentEmulator,
+    StsEmulator,
+    trust_policy,
+)
 from e2e.emulators.probe import ProbeResult, run_probe
 
 ACCOUNT = "111122223333"
@@ -500,6 +506,79 @@ def test_trust_policy_wildcards_and_explicit_deny(issuer: Issuer) -> None:
             assert code == "AccessDenied"
 
     assert [c.ok for c in sts.calls] == [True, False, False]
+
+
+FEDERATED = f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.example.com/id/X"
+CONTEXT = {
+    "oidc.example.com/id/X:sub": ["system:serviceaccount:demo:s3-reader"],
+    "oidc.example.com/id/X:aud": ["sts.amazonaws.com"],
+}
+
+
+def statement(condition: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    return {
+        "Effect": "Allow",
+        "Principal": {"Federated": FEDERATED},
+        "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": condition,
+        **overrides,
+    }
+
+
+@pytest.mark.parametrize(
+    ("policy_statement", "allowed"),
+    [
+        (
+            {
+                "StringEquals": {
+                    "OIDC.example.com/id/X:SUB": ["x", "system:serviceaccount:demo:s3-reader"]
+                }
+            },
+            True,
+        ),
+        (
+            {"StringEquals": {"oidc.example.com/id/X:sub": "system:serviceaccount:demo:S3-reader"}},
+            False,
+        ),
+        (
+            {
+                "StringNotEquals": {
+                    "oidc.example.com/id/X:sub": "system:serviceaccount:demo2:s3-reader"
+                }
+            },
+            True,
+        ),
+        ({"ForAnyValue:StringLike": {"oidc.example.com/id/X:aud": ["sts.*", "other"]}}, True),
+        ({"StringLike": {"oidc.example.com/id/X:sub": "system:serviceaccount:dem?:*"}}, True),
+        (
+            {"StringLike": {"oidc.example.com/id/X:sub": "system:serviceaccount:demo:s3-[r]eader"}},
+            False,
+        ),
+        ({"StringEqualsIfExists": {"oidc.example.com/id/X:amr": "authenticated"}}, True),
+        ({"StringEquals": {"oidc.example.com/id/X:amr": "authenticated"}}, False),
+        ({"NumericLessThan": {"oidc.example.com/id/X:sub": "1"}}, False),
+        ({}, True),
+    ],
+)
+def test_trust_policy_conditions(policy_statement: Mapping[str, Any], allowed: bool) -> None:
+    policy = {"Version": "2012-10-17", "Statement": [statement(policy_statement)]}
+
+    assert trust_policy.allows(policy, federated=FEDERATED, context=CONTEXT) is allowed
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/other.example.com"}},
+        {"Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}},
+        {"Action": "sts:AssumeRole"},
+        {"Effect": "Deny"},
+    ],
+)
+def test_trust_policy_needs_the_principal_the_action_and_an_allow(overrides: Any) -> None:
+    policy = {"Version": "2012-10-17", "Statement": statement({}, **overrides)}
+
+    assert not trust_policy.allows(policy, federated=FEDERATED, context=CONTEXT)
 
 
 # --- (c) GetCallerIdentity needs a valid signature by issued credentials -------------------------

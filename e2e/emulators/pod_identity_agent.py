@@ -134,7 +134,7 @@ class PodIdentityAgentEmulator(EmulatorServer):
             "Expiration": issued.expiration_iso,
         }
         call = Call(
-            ACTION, 200, "", "", arn=issued.arn, subject=str(claims["sub"]), role_arn=role_arn or ""
+            ACTION, 200, arn=issued.arn, subject=str(claims["sub"]), role_arn=role_arn or ""
         )
         return json.dumps(answer).encode(), call
 

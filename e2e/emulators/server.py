@@ -47,8 +47,8 @@ class Call:
 
     action: str  # e.g. "AssumeRoleWithWebIdentity", "GetCallerIdentity", "GetCredentials"
     status: int
-    code: str  # "" on success, else the error code the client sees (e.g. "AccessDenied")
-    message: str  # the error message, or "" on success
+    code: str = ""  # "" on success, else the error code the client sees (e.g. "AccessDenied")
+    message: str = ""  # the error message, or "" on success
     arn: str = ""  # the assumed-role ARN a success answered with
     subject: str = ""  # the token's `sub`, when one was read
     role_arn: str = ""

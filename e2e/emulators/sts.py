@@ -128,34 +128,16 @@ class StsEmulator(EmulatorServer):
             )
         duration = _duration(params.get("DurationSeconds"))
 
-        subject = ""
+        subject = _subject_of(token)  # unverified, only so the call record can name it
         try:
-            claims = oidc.unverified_claims(token)
-            subject = str(claims.get("sub", ""))
-            issuer = str(claims.get("iss", "")).rstrip("/")
-            provider = self.providers.get(issuer)
-            if provider is None:
-                raise StsError(
-                    "InvalidIdentityToken",
-                    f"No OpenIDConnect provider found in your account for {claims.get('iss', '')}",
-                )
-            verified = oidc.verify(
-                token, self._keys[issuer], issuer=provider.issuer, audiences=provider.client_ids
-            )
-            self._authorize(role_arn, provider, verified)
-        except TokenRejected as e:
-            error = _token_error(e)
-            error.subject = subject
-            raise error from e
+            provider, verified = self._verify(token)
+            role_name = self._authorize(role_arn, provider, verified)
         except StsError as e:
             e.subject = subject
             raise
-
-        match = _ROLE_ARN.fullmatch(role_arn)
-        assert match is not None  # _authorize accepted it
         issued = self.credentials.issue(
             account_id=self.account_id,
-            role_name=match["name"],
+            role_name=role_name,
             session_name=session_name,
             duration_seconds=duration,
         )
@@ -170,15 +152,32 @@ class StsEmulator(EmulatorServer):
         call = Call(
             "AssumeRoleWithWebIdentity",
             200,
-            "",
-            "",
             arn=issued.arn,
             subject=subject,
             role_arn=role_arn,
         )
         return _response_xml("AssumeRoleWithWebIdentity", result), call
 
-    def _authorize(self, role_arn: str, provider: OidcProvider, claims: Mapping[str, Any]) -> None:
+    def _verify(self, token: str) -> tuple[OidcProvider, dict[str, Any]]:
+        """The registered provider that issued `token`, and its verified claims."""
+        try:
+            iss = str(oidc.unverified_claims(token).get("iss", ""))
+            provider = self.providers.get(iss.rstrip("/"))
+            if provider is None:
+                raise StsError(
+                    "InvalidIdentityToken",
+                    f"No OpenIDConnect provider found in your account for {iss}",
+                )
+            keys = self._keys[iss.rstrip("/")]
+            verified = oidc.verify(
+                token, keys, issuer=provider.issuer, audiences=provider.client_ids
+            )
+        except TokenRejected as e:
+            raise _token_error(e) from e
+        return provider, verified
+
+    def _authorize(self, role_arn: str, provider: OidcProvider, claims: Mapping[str, Any]) -> str:
+        """The role's name, if its trust policy lets this token's subject assume it."""
         match = _ROLE_ARN.fullmatch(role_arn)
         policy = self.roles.get(role_arn)
         if match is None or match["account"] != self.account_id or policy is None:
@@ -192,6 +191,7 @@ class StsEmulator(EmulatorServer):
             policy, federated=provider.arn(self.account_id), context=context
         ):
             raise StsError("AccessDenied", DENIED, 403)
+        return match["name"]
 
     # --- GetCallerIdentity ---------------------------------------------------------------------
 
@@ -207,8 +207,15 @@ class StsEmulator(EmulatorServer):
             "UserId": signer.assumed_role_id,
             "Account": signer.account_id,
         }
-        call = Call("GetCallerIdentity", 200, "", "", arn=signer.arn)
+        call = Call("GetCallerIdentity", 200, arn=signer.arn)
         return _response_xml("GetCallerIdentity", result), call
+
+
+def _subject_of(token: str) -> str:
+    try:
+        return str(oidc.unverified_claims(token).get("sub", ""))
+    except TokenRejected:
+        return ""
 
 
 def _required(params: Mapping[str, str], name: str) -> str:

@@ -4,12 +4,11 @@ An explicit Deny wins; otherwise some Allow statement must name the caller's fed
 the action, and have every condition hold. Supported condition operators: StringEquals,
 StringNotEquals, StringLike, StringNotLike (each optionally ...IfExists), with the ForAnyValue: /
 ForAllValues: set qualifiers. Condition keys compare case-insensitively, values case-sensitively,
-as IAM does; anything unsupported fails closed.
+as IAM does. An unsupported operator never holds, so an Allow that uses one grants nothing.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -52,7 +51,7 @@ def _applies(statement: Mapping[str, Any], federated: str, context: Context) -> 
     else:
         principal_ok = False
     actions = _as_list(statement.get("Action"))
-    action_ok = any(fnmatch.fnmatchcase(ACTION.lower(), a.lower()) for a in actions)
+    action_ok = any(_like(a.lower(), ACTION.lower()) for a in actions)  # "sts:*" etc.
     conditions = statement.get("Condition", {})
     if not (principal_ok and action_ok and isinstance(conditions, Mapping)):
         return False
