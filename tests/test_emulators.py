@@ -767,3 +767,27 @@ def test_agent_refusals(issuer: Issuer, agent: PodIdentityAgentEmulator) -> None
     status, body = agent_refusal(agent, pod_token(issuer), host="169.254.170.2")
     assert status == 403
     assert body.startswith("Access Denied. Called agent through invalid address")
+
+
+# --- the server base ----------------------------------------------------------------------------
+
+
+def test_an_emulator_fault_is_answered_and_recorded_not_dropped() -> None:
+    import urllib.error
+    import urllib.request
+
+    from e2e.emulators.server import EmulatorServer, Request, Response
+
+    class Faulty(EmulatorServer):
+        def handle(self, request: Request) -> Response:
+            raise ValueError("broken on purpose")
+
+    with Faulty("::1", 0) as faulty:  # IPv6, like the agent's fd00:ec2::23
+        assert faulty.url.startswith("http://[::1]:")
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{faulty.url}/", timeout=10)
+
+    assert raised.value.code == 500
+    assert [(c.code, c.message) for c in faulty.calls] == [
+        ("InternalFailure", "ValueError: broken on purpose")
+    ]

@@ -6,6 +6,7 @@ and the bookkeeping, so the emulators stay about AWS behaviour only.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -96,8 +97,8 @@ class EmulatorServer:
             self.calls.append(call)
 
     def start(self) -> Self:
-        handler = _handler_for(self)
-        httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        httpd = server_class((self.host, self.port), _handler_for(self))
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd = httpd
@@ -131,6 +132,10 @@ class EmulatorServer:
         self.stop()
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6  # e.g. the agent's fd00:ec2::23
+
+
 def _handler_for(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as botocore's urllib3 pool expects
@@ -146,7 +151,11 @@ def _handler_for(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                 body=self.rfile.read(length) if length else b"",
                 client=self.client_address[0],
             )
-            response = emulator.handle(request)
+            try:
+                response = emulator.handle(request)
+            except Exception as e:  # an emulator bug: answer and record it, never drop the line
+                emulator.record(Call("?", 500, "InternalFailure", f"{type(e).__name__}: {e}"))
+                response = Response(500, f"emulator error: {e}\n".encode(), "text/plain")
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
