@@ -202,7 +202,7 @@ def test_a_negated_sub_condition_does_not_pin_it() -> None:
     assert found(lint(document)) == {"sub-not-pinned": Severity.ERROR}
 
 
-def test_sub_wildcard_within_one_namespace_is_a_warning() -> None:
+def test_sub_wildcard_within_one_namespace_is_an_error() -> None:
     document = policy(
         statement(
             {
@@ -211,7 +211,9 @@ def test_sub_wildcard_within_one_namespace_is_a_warning() -> None:
             }
         )
     )
-    assert found(lint(document)) == {"sub-wildcard": Severity.WARNING}
+    findings = lint(document)
+    assert found(findings) == {"sub-wildcard": Severity.ERROR}
+    assert "every matching service account in that namespace" in findings[0].message
 
 
 @pytest.mark.parametrize("pattern", ["*", "system:serviceaccount:*", "system:serviceaccount:*:api"])
@@ -227,7 +229,7 @@ def test_sub_wildcard_across_namespaces_is_an_error(pattern: str) -> None:
     assert found(lint(document)) == {"sub-wildcard": Severity.ERROR}
 
 
-def test_sub_with_string_like_but_no_wildcard_suggests_string_equals() -> None:
+def test_sub_with_string_like_even_without_wildcard_is_an_error() -> None:
     document = policy(
         statement(
             {
@@ -236,7 +238,19 @@ def test_sub_with_string_like_but_no_wildcard_suggests_string_equals() -> None:
             }
         )
     )
-    assert found(lint(document)) == {"sub-stringlike": Severity.INFO}
+    assert found(lint(document)) == {"sub-stringlike": Severity.ERROR}
+
+
+def test_sub_compared_ignoring_case_is_not_exact_and_an_error() -> None:
+    document = policy(
+        statement(
+            {
+                "StringEqualsIgnoreCase": {SUB: "system:serviceaccount:payments:api"},
+                "StringEquals": {AUD: "sts.amazonaws.com"},
+            }
+        )
+    )
+    assert found(lint(document)) == {"sub-not-exact": Severity.ERROR}
 
 
 def test_a_wildcard_in_string_equals_is_literal_and_never_matches() -> None:
@@ -249,10 +263,10 @@ def test_a_sub_that_is_not_a_service_account_subject_is_an_error() -> None:
     assert found(lint(document)) == {"sub-malformed": Severity.ERROR}
 
 
-def test_missing_aud_condition_is_a_warning() -> None:
+def test_missing_aud_condition_is_an_error() -> None:
     document = policy(statement({"StringEquals": {SUB: "system:serviceaccount:payments:api"}}))
     findings = lint(document)
-    assert found(findings) == {"aud-missing": Severity.WARNING}
+    assert found(findings) == {"aud-missing": Severity.ERROR}
     assert '"sts.amazonaws.com"' in findings[0].message
 
 
@@ -466,15 +480,36 @@ def test_lint_exits_1_on_errors_and_0_on_warnings(
     warn = write(
         tmp_path,
         "warn.json",
-        policy(statement({"StringEquals": {SUB: "system:serviceaccount:payments:api"}})),
+        policy(statement(pinned(**{AUD: ["sts.amazonaws.com", "vault"]}))),
     )
     code, out, _ = run_cli(capsys, "trust-policy", "lint", warn)
-    assert code == 0 and "WARNING aud-missing [statement 0]" in out
+    assert code == 0 and "WARNING aud-unexpected [statement 0]" in out
 
     code, out, _ = run_cli(capsys, "trust-policy", "lint", bad, warn)
     assert code == 1
     assert "ERROR   sub-not-pinned [statement 0]" in out
     assert "1 error(s), 1 warning(s), 0 info" in out
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {
+            "StringLike": {SUB: "system:serviceaccount:payments:*"},
+            "StringEquals": {AUD: "sts.amazonaws.com"},
+        },
+        {"StringLike": {SUB: "system:serviceaccount:payments:api", AUD: "sts.amazonaws.com"}},
+        {"StringEquals": {SUB: "system:serviceaccount:payments:api"}},
+    ],
+    ids=["wildcard", "stringlike", "no-aud"],
+)
+def test_lint_fails_a_ci_step_on_the_hardening_checklist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], condition: dict[str, Any]
+) -> None:
+    """ "No wildcards, no StringLike, always include :aud": each breach is exit 1."""
+    path = write(tmp_path, "p.json", policy(statement(condition)))
+    code, out, _ = run_cli(capsys, "trust-policy", "lint", path)
+    assert code == 1 and "ERROR" in out
 
 
 def test_lint_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -308,12 +308,12 @@ def _blocks(clause: Clause) -> bool:
     return not clause.negated and not clause.if_exists and clause.qualifier != "ForAllValues"
 
 
-def _sub_breadth(pattern: str) -> Severity:
-    """How much a wildcard sub lets in: any namespace is an error, one namespace a warning."""
+def _any_namespace(pattern: str) -> bool:
+    """Whether a wildcard sub lets in service accounts of every namespace (else of one)."""
     if not pattern.startswith(SA_SUB_PREFIX):
-        return Severity.ERROR
+        return True
     namespace = pattern.removeprefix(SA_SUB_PREFIX).split(":", 1)[0]
-    return Severity.ERROR if has_wildcard(namespace) or not namespace else Severity.WARNING
+    return has_wildcard(namespace) or not namespace
 
 
 def _lint_sub(
@@ -337,17 +337,18 @@ def _lint_sub(
     for clause in positive:
         subs.extend(clause.values)
         for value in clause.values:
+            # The hardening rule is "exact StringEquals, no wildcards, no StringLike": every
+            # looser form is an error, so a CI step running lint fails on it.
             like = clause.base == "StringLike"
             if like and has_wildcard(value):
-                severity = _sub_breadth(value)
                 scope = (
                     "service accounts in any namespace"
-                    if severity is Severity.ERROR
+                    if _any_namespace(value)
                     else "every matching service account in that namespace"
                 )
                 out.append(
                     Finding(
-                        severity,
+                        Severity.ERROR,
                         "sub-wildcard",
                         f'"{key}" is matched with StringLike "{value}": {scope} can assume '
                         "this role; pin the exact service account with StringEquals",
@@ -379,10 +380,20 @@ def _lint_sub(
             if like:
                 out.append(
                     Finding(
-                        Severity.INFO,
+                        Severity.ERROR,
                         "sub-stringlike",
-                        f'"{key}" uses StringLike without wildcards; StringEquals says the same '
-                        "and cannot be widened by accident",
+                        f'"{key}" uses StringLike; StringEquals matches the same subject and '
+                        "cannot be widened by accident with a wildcard",
+                        statement=idx,
+                    )
+                )
+            elif clause.base != "StringEquals":
+                out.append(
+                    Finding(
+                        Severity.ERROR,
+                        "sub-not-exact",
+                        f'"{key}" is compared with {clause.base}, not an exact StringEquals; '
+                        "pin the service account with StringEquals",
                         statement=idx,
                     )
                 )
@@ -396,7 +407,7 @@ def _lint_aud(
     if not clauses:
         return [
             Finding(
-                Severity.WARNING,
+                Severity.ERROR,
                 "aud-missing",
                 f'no condition on "{key}": add StringEquals "{key}": "{audience}" so that tokens '
                 "minted for other audiences cannot be used for this role",
