@@ -181,7 +181,17 @@ class TestConfigMap:
         index = parse_config(
             '{"ns/sa": {"RoleARN": "r", "Audience": "", "TokenExpiration": 0}}', settings
         )
-        assert index.lookup("ns", "sa") == IdentityEntry("r", "mine", False, 7200)
+        found = index.lookup("ns", "sa")
+        assert found is not None
+        assert (found.role_arn, found.audience, found.token_expiration) == ("r", "mine", 7200)
+
+    def test_an_explicitly_empty_audience_is_defaulted_with_a_warning(self) -> None:
+        index = parse_config('{"ns/sa": {"RoleARN": "r", "Audience": ""}}', S)
+        found = index.lookup("ns", "sa")
+        assert found is not None and found.audience == "sts.amazonaws.com"
+        assert found.audience_warning is not None and "Audience" in found.audience_warning
+        missing = parse_config('{"ns/sa": {"RoleARN": "r"}}', S).lookup("ns", "sa")
+        assert missing is not None and missing.audience_warning is None
 
     def test_regional_sts_defaults_to_false_not_the_flag(self) -> None:
         index = parse_config(
@@ -239,6 +249,80 @@ class TestConfigMap:
     def test_empty_document_means_no_entries(self) -> None:
         assert len(parse_config("", S)) == 0
         assert len(parse_config(None, S)) == 0
+
+    @pytest.mark.parametrize("document", ["null", " null\n", "  \n\t", "{}"])
+    def test_null_and_blank_documents_mean_no_entries(self, document: str) -> None:
+        # Upstream decodes `null` into an empty map (its entries go); blank is our choice.
+        assert len(parse_config(document, S)) == 0
+
+    @pytest.mark.parametrize(
+        "document",
+        [
+            '{"ns/sa": {"RoleARN": "r", "Other": NaN}}',
+            '{"ns/sa": {"RoleARN": "r", "TokenExpiration": Infinity}}',
+            '{"ns/sa": {"RoleARN": 5}}',
+            '{"ns/sa": {"Audience": ["a"]}}',
+            '"ns/sa"',
+            "[]",
+            '{"ns/sa": {"RoleARN": "r"}} trailing',
+        ],
+    )
+    def test_what_go_cannot_decode_is_rejected_whole(self, document: str) -> None:
+        with pytest.raises(ConfigMapError):
+            parse_config(document, S)
+
+    @pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+    def test_an_expiration_past_64_bits_rejects_the_document(self, value: int) -> None:
+        # Upstream's int64 field cannot hold it either: the previous document stays.
+        with pytest.raises(ConfigMapError, match="int64"):
+            parse_config(f'{{"ns/sa": {{"RoleARN": "r", "TokenExpiration": {value}}}}}', S)
+
+    def test_an_expiration_above_2_to_the_32_is_clamped_with_a_warning(self) -> None:
+        index = parse_config(f'{{"ns/sa": {{"RoleARN": "r", "TokenExpiration": {2**63 - 1}}}}}', S)
+        found = index.lookup("ns", "sa")
+        assert found is not None and found.token_expiration == 2**32
+        assert found.expiration_warning is not None
+        assert str(2**63 - 1) in found.expiration_warning
+        assert "ConfigMap" in found.expiration_warning
+
+
+class TestAnnotationsTheAPIServerCouldNotUse:
+    def test_an_empty_audience_annotation_is_unset_with_a_warning(self) -> None:
+        e = entry(**{"role-arn": ROLE, "audience": ""})
+        assert e.audience == "sts.amazonaws.com"
+        assert e.audience_warning is not None and P + "audience" in e.audience_warning
+
+    def test_a_non_empty_audience_has_no_warning(self) -> None:
+        assert entry(**{"role-arn": ROLE, "audience": " "}).audience_warning is None
+
+    @pytest.mark.parametrize(
+        ("value", "expected", "warns"),
+        [
+            (str(2**32), 2**32, False),
+            (str(2**32 + 1), 2**32, True),
+            (str(2**63 - 1), 2**32, True),
+            (str(2**63), 86400, False),  # not an int64: invalid, the flag applies
+        ],
+    )
+    def test_expiration_is_clamped_to_2_to_the_32(
+        self, value: str, expected: int, warns: bool
+    ) -> None:
+        e = entry(**{"role-arn": ROLE, "token-expiration": value})
+        assert e.token_expiration == expected
+        assert (e.expiration_warning is not None) is warns
+
+    def test_warnings_reach_the_identity_in_web_identity_mode(self) -> None:
+        e = entry(**{"role-arn": ROLE, "audience": "", "token-expiration": str(2**40)})
+        identity = resolve_identity(Lookup(service_account=e), S)
+        assert identity is not None and len(identity.warnings) == 2
+
+    def test_container_credentials_ignore_the_audience_warning(self) -> None:
+        e = entry(audience="", **{"token-expiration": str(2**40)})
+        identity = resolve_identity(Lookup(service_account=e, container_credentials=True), S)
+        assert identity is not None and identity.warnings == (e.expiration_warning,)
+
+    def test_the_flag_itself_is_clamped(self) -> None:
+        assert MutationSettings(token_expiration=2**40).token_expiration == 2**32
 
 
 def test_an_empty_role_annotation_is_no_role_even_with_compose_role_arn() -> None:

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from webhook.core.identity import Lookup, Mode, resolve_identity
-from webhook.core.mutation import role_arn_warning
+from webhook.core.identity import Lookup, Mode, entry_from_annotations, resolve_identity
+from webhook.core.mutation import identity_warnings, role_arn_warning
 from webhook.core.settings import ContainerCredentialsSettings, MutationSettings
 
 from .builders import (
@@ -317,3 +317,131 @@ def test_invalid_role_arn_is_injected_with_a_warning() -> None:
     warning = role_arn_warning(identity, "default", "app")
     assert warning is not None and "not-an-arn" in warning and "default/app" in warning
     assert role_arn_warning(web_identity(), "default", "app") is None
+
+
+class TestNeverAPatchTheAPIServerRejects:
+    """A valid pod stays valid: where upstream's recipe would break it, we deviate and warn."""
+
+    def test_a_container_mounting_something_else_at_the_token_path_keeps_only_its_mount(
+        self,
+    ) -> None:
+        theirs = {"name": "own-token", "mountPath": MOUNT_PATH}
+        p = pod(container(volumeMounts=[theirs]), volumes=[{"name": "own-token", "emptyDir": {}}])
+        result = plan(p, web_identity())
+        out = apply(p, result.operations)
+        assert out["spec"]["containers"][0]["volumeMounts"] == [theirs]
+        assert dict(env_of(out))["AWS_WEB_IDENTITY_TOKEN_FILE"] == TOKEN_FILE
+        assert [v["name"] for v in out["spec"]["volumes"]] == ["aws-iam-token", "own-token"]
+        (warning,) = result.warnings
+        assert "'app'" in warning and "'own-token'" in warning and MOUNT_PATH in warning
+        assert "AWS_WEB_IDENTITY_TOKEN_FILE" in warning
+
+    def test_a_raw_block_device_at_the_token_path_blocks_our_mount_too(self) -> None:
+        device = {"name": "disk", "devicePath": MOUNT_PATH}
+        result = plan(pod(container(volumeDevices=[device])), web_identity())
+        out = apply(pod(container(volumeDevices=[device])), result.operations)
+        assert "volumeMounts" not in out["spec"]["containers"][0]
+        assert len(result.warnings) == 1 and "has block device 'disk'" in result.warnings[0]
+
+    @pytest.mark.parametrize(
+        "path",
+        [MOUNT_PATH + "/", MOUNT_PATH + "/token", "/var/run/secrets/eks.amazonaws.com", "/x"],
+    )
+    def test_mounts_near_the_token_path_do_not_conflict(self, path: str) -> None:
+        # The API server compares mount paths as strings; nesting is allowed.
+        near = {"name": "data", "mountPath": path}
+        result = plan(pod(container(volumeMounts=[near])), web_identity())
+        out = apply(pod(container(volumeMounts=[near])), result.operations)
+        assert out["spec"]["containers"][0]["volumeMounts"] == [near, MOUNT]
+        assert result.warnings == []
+
+    def test_only_the_occupied_container_is_spared_in_init_and_regular_lists(self) -> None:
+        theirs = {"name": "own", "mountPath": MOUNT_PATH}
+        p = pod(
+            container("free"),
+            container("busy", volumeMounts=[theirs]),
+            initContainers=[container("init", volumeMounts=[theirs])],
+        )
+        result = plan(p, web_identity())
+        out = apply(p, result.operations)
+        assert [c.get("volumeMounts") for c in out["spec"]["containers"]] == [[MOUNT], [theirs]]
+        assert out["spec"]["initContainers"][0]["volumeMounts"] == [theirs]
+        assert sorted(w.split("'")[1] for w in result.warnings) == ["busy", "init"]
+
+    def test_container_credentials_mode_respects_its_own_mount_path(self) -> None:
+        cc_path = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+        theirs = {"name": "own", "mountPath": cc_path}
+        result = plan(pod(container(volumeMounts=[theirs])), cc_identity())
+        out = apply(pod(container(volumeMounts=[theirs])), result.operations)
+        assert out["spec"]["containers"][0]["volumeMounts"] == [theirs]
+        assert "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" in result.warnings[0]
+
+    def test_replanning_a_spared_container_adds_nothing_and_repeats_no_warning(self) -> None:
+        theirs = {"name": "own", "mountPath": MOUNT_PATH}
+        once = mutate(pod(container(volumeMounts=[theirs])), web_identity())
+        again = plan(once, web_identity())
+        assert again.operations == [] and again.warnings == []
+
+    def test_a_user_who_set_the_token_env_and_mount_themselves_is_not_warned(self) -> None:
+        own = [{"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": MOUNT_PATH + "/mine"}]
+        theirs = {"name": "own", "mountPath": MOUNT_PATH}
+        assert plan(pod(container(env=own, volumeMounts=[theirs])), web_identity()).warnings == []
+
+
+class TestExpirationWithinTheAPIServersRange:
+    @pytest.mark.parametrize(
+        ("value", "expected"), [("4294967296", 2**32), ("4294967297", 2**32), ("-5", 600)]
+    )
+    def test_pod_annotation_is_kept_within_600_and_2_to_the_32(
+        self, value: str, expected: int
+    ) -> None:
+        p = pod(metadata={"annotations": {"eks.amazonaws.com/token-expiration": value}})
+        assert plan(p, web_identity()).token_expiration == expected
+
+    def test_a_pod_annotation_above_the_maximum_is_clamped_with_a_warning(self) -> None:
+        p = pod(metadata={"annotations": {"eks.amazonaws.com/token-expiration": "9" * 18}})
+        result = plan(p, web_identity())
+        token = apply(p, result.operations)["spec"]["volumes"][0]["projected"]["sources"][0]
+        assert token["serviceAccountToken"]["expirationSeconds"] == 2**32
+        (warning,) = result.warnings
+        assert "9" * 18 in warning and "eks.amazonaws.com/token-expiration" in warning
+        assert "pod annotation" in warning
+
+    def test_the_maximum_itself_needs_no_warning(self) -> None:
+        p = pod(metadata={"annotations": {"eks.amazonaws.com/token-expiration": str(2**32)}})
+        assert plan(p, web_identity()).warnings == []
+
+    def test_a_service_account_annotation_above_the_maximum_is_clamped_with_a_warning(
+        self,
+    ) -> None:
+        identity = web_identity(token_expiration=str(2**40))
+        assert plan(pod(), identity).token_expiration == 2**32
+        (warning,) = identity_warnings(identity, "default", "app")
+        assert "ServiceAccount default/app" in warning and str(2**40) in warning
+
+    def test_container_credentials_carry_the_service_accounts_expiration_warning(self) -> None:
+        entry = entry_from_annotations({"eks.amazonaws.com/token-expiration": str(2**33)}, S)
+        identity = resolve_identity(Lookup(service_account=entry, container_credentials=True), S)
+        assert identity is not None and identity.token_expiration == 2**32
+        assert len(identity_warnings(identity, "default", "app")) == 1
+
+
+class TestEmptyAudience:
+    def test_an_empty_audience_annotation_means_the_default_audience_with_a_warning(
+        self,
+    ) -> None:
+        identity = web_identity(audience="")
+        out = mutate(pod(), identity)
+        token = out["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+        assert token["audience"] == "sts.amazonaws.com"
+        (warning,) = identity_warnings(identity, "default", "app")
+        assert "eks.amazonaws.com/audience" in warning and "'sts.amazonaws.com'" in warning
+
+    def test_an_empty_container_credentials_audience_flag_is_omitted_as_upstream_does(
+        self,
+    ) -> None:
+        cc = ContainerCredentialsSettings(audience="")
+        settings = MutationSettings(container_credentials=cc)
+        out = mutate(pod(), cc_identity(settings), settings)
+        token = out["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+        assert "audience" not in token

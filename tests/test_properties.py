@@ -172,3 +172,85 @@ def test_arbitrary_bytes_are_answered_not_raised(body: bytes) -> None:
 
     store = store_with()
     assert review(body, store, store.settings).body.startswith(b'{"apiVersion"')
+
+
+TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+CC_DIR = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+mount_paths = st.sampled_from([TOKEN_DIR, TOKEN_DIR + "/", TOKEN_DIR + "/token", CC_DIR, "/data"])
+
+
+@st.composite
+def crowded_pods(draw: Any) -> dict[str, Any]:
+    """Valid pods whose containers already use the token path, with any expiration asked."""
+
+    def crowded_container(name: str) -> dict[str, Any]:
+        c: dict[str, Any] = {"name": name, "image": "img"}
+        paths = draw(st.lists(mount_paths, max_size=3, unique=True))
+        if paths:
+            c["volumeMounts"] = [
+                {"name": draw(st.sampled_from(["aws-iam-token", "data"])), "mountPath": p}
+                for p in paths
+            ]
+        if draw(st.booleans()):
+            device = draw(st.sampled_from([TOKEN_DIR, "/dev/xvdb"]))
+            if device not in paths:
+                c["volumeDevices"] = [{"name": "block", "devicePath": device}]
+        if draw(st.booleans()):
+            c["env"] = [{"name": draw(env_names), "value": "v"}]
+        return c
+
+    expiration = draw(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1).map(str),
+            st.sampled_from([str(2**32), str(2**32 + 1), "-1", "x", str(2**64)]),
+        )
+    )
+    return {
+        "metadata": {
+            "name": "p",
+            "annotations": {"eks.amazonaws.com/token-expiration": expiration},
+        },
+        "spec": {
+            "containers": [crowded_container(f"c{i}") for i in range(draw(st.integers(1, 3)))],
+            "initContainers": [crowded_container(f"i{i}") for i in range(draw(st.integers(0, 2)))],
+        },
+    }
+
+
+def _api_server_objections(p: dict[str, Any]) -> list[str]:
+    """The validation rules an additive patch could break (k8s pkg/apis/core/validation)."""
+    problems = []
+    for kind in ("initContainers", "containers"):
+        for c in p["spec"].get(kind) or ():
+            paths = [m["mountPath"] for m in c.get("volumeMounts") or ()]
+            devices = {d["devicePath"] for d in c.get("volumeDevices") or ()}
+            if len(paths) != len(set(paths)) or devices & set(paths):
+                problems.append(f"{c['name']}: mountPath must be unique")
+    for v in p["spec"].get("volumes") or ():
+        for source in (v.get("projected") or {}).get("sources") or ():
+            seconds = source["serviceAccountToken"]["expirationSeconds"]
+            if not 600 <= seconds <= 2**32:
+                problems.append(f"expirationSeconds {seconds}")
+    return problems
+
+
+@settings(max_examples=400, deadline=None)
+@given(crowded_pods(), st.booleans())
+def test_our_additions_never_break_a_rule_the_original_pod_kept(
+    p: dict[str, Any], container_credentials: bool
+) -> None:
+    from webhook.core.identity import Lookup, resolve_identity
+
+    assert _api_server_objections(p) == []
+    settings_ = MutationSettings()
+    identity = (
+        resolve_identity(Lookup(container_credentials=True), settings_)
+        if container_credentials
+        else web_identity(settings_)
+    )
+    assert identity is not None
+    result = plan(p, identity, settings_)
+    mutated = jsonpatch.apply_patch(p, result.operations)
+    assert _api_server_objections(mutated) == []
+    again = plan(mutated, identity, settings_)
+    assert again.operations == []

@@ -128,3 +128,40 @@ def test_container_credentials_mode_uses_the_jitter_of_the_request_uid() -> None
     volume_op = next(op for op in patch_of(response) if op["path"].startswith("/spec/volumes"))
     token = volume_op["value"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["expirationSeconds"] == uid_jitter("u-42")
+
+
+MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+
+
+@pytest.mark.parametrize("version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+def test_a_spared_mount_is_explained_in_the_response_warnings(version: str) -> None:
+    busy = container(volumeMounts=[{"name": "own", "mountPath": MOUNT_PATH}])
+    p = pod(busy, volumes=[{"name": "own", "emptyDir": {}}])
+    response = respond(admission_review(p, version=version), STORE)["response"]
+    assert not any(op["path"].endswith("/volumeMounts/-") for op in patch_of(response_of(response)))
+    (warning,) = response["warnings"]
+    assert "already mounts volume 'own'" in warning
+
+
+def test_every_reason_to_deviate_is_one_warning_each() -> None:
+    store = store_with(
+        app={
+            "eks.amazonaws.com/role-arn": "my-role",
+            "eks.amazonaws.com/audience": "",
+            "eks.amazonaws.com/token-expiration": str(2**40),
+        }
+    )
+    p = pod(container(volumeMounts=[{"name": "own", "mountPath": MOUNT_PATH}]))
+    p["metadata"]["annotations"] = {"eks.amazonaws.com/token-expiration": str(2**41)}
+    warnings = respond(admission_review(p), store)["response"]["warnings"]
+    assert len(warnings) == 5
+    assert all(w.startswith("pod-identity-webhook: ") for w in warnings)
+    assert "my-role" in warnings[0]  # the role ARN first, as before
+
+
+def test_no_warnings_key_when_nothing_deviates() -> None:
+    assert "warnings" not in respond(admission_review(pod()), STORE)["response"]
+
+
+def response_of(response: dict[str, Any]) -> dict[str, Any]:
+    return {"response": response}

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from webhook.core.identity import Identity, Lookup, resolve_identity
-from webhook.core.mutation import Plan, plan_mutation, role_arn_warning
+from webhook.core.mutation import Plan, identity_warnings, plan_mutation
 from webhook.core.podshape import pod_shape_error
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
@@ -280,13 +280,14 @@ def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSett
         plan: Plan = plan_mutation(
             pending.pod, pending.namespace, identity, settings, lambda: uid_jitter(pending.uid)
         )
-        warning = role_arn_warning(identity, pending.namespace, pending.service_account)
+        warnings = identity_warnings(identity, pending.namespace, pending.service_account)
+        warnings += plan.warnings
         response: AdmissionResponse = {"uid": pending.uid, "allowed": True}
         if plan.operations:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(orjson.dumps(plan.operations)).decode()
-        if warning:
-            response["warnings"] = [warning]
+        if warnings:
+            response["warnings"] = warnings
         reason = "mutated" if plan.operations else "already has its identity"
         outcome = Outcome(
             _encode(pending.api_version, response),

@@ -25,6 +25,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cases"
 ROLE = "arn:aws:iam::111122223333:role/corpus-app"
+TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
 
 # Flag groups: the e2e suite runs both webhooks once per group.
 GROUPS: dict[str, list[str]] = {
@@ -656,6 +657,66 @@ def all_cases() -> list[dict[str, Any]]:
             describe="volumeMounts[].bindMountOptions (Kubernetes 1.37, alpha) next to our mount",
             improvement="fields newer than upstream's vendored k8s.io/api (here volumeMounts[].bindMountOptions, "
             "new in Kubernetes 1.37) survive; upstream rewrites the containers and drops them",
+        ),
+        # Pods upstream's patch makes invalid (the API server rejects them); ours stay valid.
+        case(
+            "mount-path-taken",
+            "defaults",
+            pod(
+                c(volumeMounts=[{"name": "own-token", "mountPath": TOKEN_DIR, "readOnly": True}]),
+                volumes=[{"name": "own-token", "emptyDir": {}}],
+            ),
+            describe="the container already mounts another volume at the token path",
+            improvement="a container that already mounts something at the token path gets no "
+            "second mount there, and a warning; upstream adds one and the API server rejects the "
+            "pod (mountPath must be unique)",
+        ),
+        case(
+            "device-at-token-path",
+            "defaults",
+            pod(
+                c(volumeDevices=[{"name": "block", "devicePath": TOKEN_DIR}]),
+                volumes=[{"name": "block", "persistentVolumeClaim": {"claimName": "block"}}],
+            ),
+            describe="a raw block device sits at the token path",
+            improvement="a raw block device at the token path also keeps our mount away (with a "
+            "warning); upstream's mount there gets the pod rejected",
+        ),
+        case(
+            "pod-expiration-huge",
+            "defaults",
+            pod(annotations={E + "token-expiration": "9999999999"}),
+            describe="pod asks for more than 2^32 seconds",
+            improvement="a token expiration above 2^32 s is lowered to 2^32 with a warning; "
+            "upstream passes it on and the API server rejects the pod",
+        ),
+        case(
+            "sa-expiration-huge",
+            "defaults",
+            pod(),
+            {**ROLE_ONLY, E + "token-expiration": "9223372036854775807"},
+            describe="ServiceAccount asks for the largest int64",
+            improvement="a token expiration above 2^32 s is lowered to 2^32 with a warning; "
+            "upstream passes it on and the API server rejects the pod",
+        ),
+        case(
+            "sa-empty-audience",
+            "defaults",
+            pod(),
+            {**ROLE_ONLY, E + "audience": ""},
+            describe="empty audience annotation",
+            improvement="an empty audience annotation means --token-audience, with a warning; "
+            "upstream omits the audience, so the token is for the API server and STS refuses it",
+        ),
+        case(
+            "cm-expiration-huge",
+            "configmap",
+            pod(),
+            {},
+            config_map={"{ns}/app": {"RoleARN": ROLE, "TokenExpiration": 2**40}},
+            describe="ConfigMap TokenExpiration above 2^32",
+            improvement="a token expiration above 2^32 s is lowered to 2^32 with a warning; "
+            "upstream passes it on and the API server rejects the pod",
         ),
     ]
     return cases

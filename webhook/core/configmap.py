@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core.gocompat import json_field
-from webhook.core.identity import IdentityEntry
-from webhook.core.settings import MutationSettings, clamp_expiration
+from webhook.core.identity import IdentityEntry, empty_audience_warning
+from webhook.core.settings import MutationSettings, clamp_expiration, expiration_warning
 
 _GLOB_CHARS = frozenset("*?[")
+_INT64 = range(-(2**63), 2**63)  # Entry.TokenExpiration is an int64 in upstream
+_ORIGIN = "the pod-identity-webhook ConfigMap entry's {}"
 
 
 class ConfigMapError(ValueError):
@@ -75,12 +77,29 @@ def _entry(key: str, raw: Any, settings: MutationSettings) -> IdentityEntry:
             raise ConfigMapError(f"entry {key!r}: {name} must be a {kind.__name__}")
     if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, int)):
         raise ConfigMapError(f"entry {key!r}: TokenExpiration must be an integer")
+    if expiration is not None and expiration not in _INT64:
+        # Upstream cannot decode it either and keeps the previous document; so do we.
+        raise ConfigMapError(f"entry {key!r}: TokenExpiration {expiration} is out of int64 range")
     return IdentityEntry(
         role_arn=role_arn or "",
         audience=audience or settings.token_audience,
         use_regional_sts=bool(regional),
         token_expiration=clamp_expiration(expiration or settings.token_expiration),
+        expiration_warning=(
+            expiration_warning(_ORIGIN.format("TokenExpiration"), expiration)
+            if expiration
+            else None
+        ),
+        audience_warning=(
+            empty_audience_warning(_ORIGIN.format("Audience"), settings.token_audience)
+            if audience == ""
+            else None
+        ),
     )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; Go does not
 
 
 def _specificity(pattern: _Pattern) -> tuple[bool, int, str]:
@@ -90,13 +109,19 @@ def _specificity(pattern: _Pattern) -> tuple[bool, int, str]:
 
 
 def parse_config(document: str | None, settings: MutationSettings) -> ConfigMapIndex:
-    """Parse `data.config`. Raises ConfigMapError when the document must be rejected whole."""
+    """Parse `data.config`. Raises ConfigMapError when the document must be rejected whole.
+
+    Missing, blank and `null` mean no entries (upstream: `null` decodes to an empty map; a
+    blank document is a decode error there, which keeps the old entries).
+    """
     if document is None or not document.strip():
         return EMPTY_INDEX
     try:
-        raw = json.loads(document)
+        raw = json.loads(document, parse_constant=_reject_constant)
     except ValueError as err:
         raise ConfigMapError(f"config is not valid JSON: {err}") from None
+    if raw is None:
+        return EMPTY_INDEX
     if not isinstance(raw, dict):
         raise ConfigMapError('config must be a JSON object keyed by "<namespace>/<sa>"')
     exact: dict[tuple[str, str], IdentityEntry] = {}

@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from webhook.core.gocompat import parse_bool, parse_int64
-from webhook.core.settings import DEFAULT_TOKEN_EXPIRATION, MutationSettings, clamp_expiration
+from webhook.core.settings import (
+    DEFAULT_TOKEN_EXPIRATION,
+    MutationSettings,
+    clamp_expiration,
+    expiration_warning,
+)
 
 # Upstream's validity check, with Go RE2 semantics: ASCII \d and \w, `$` only at the very end.
 _ROLE_ARN = re.compile(r"^arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z", re.ASCII)
@@ -41,17 +46,35 @@ class IdentityEntry:
     role_arn: str  # "" when no role is configured
     audience: str
     use_regional_sts: bool
-    token_expiration: int
+    token_expiration: int  # within the API server's range already
+    # Why a value had to be changed, for the admission warning (None: nothing to say).
+    expiration_warning: str | None = None
+    audience_warning: str | None = None
+
+
+def parse_expiration(raw: str | None) -> int | None:
+    """An annotation's expiration as `strconv.ParseInt` reads it; None when absent or invalid."""
+    if raw is None:
+        return None
+    try:
+        return parse_int64(raw)
+    except ValueError:
+        return None
 
 
 def expiration_override(raw: str | None, fallback: int) -> int:
     """An annotation's expiration, clamped; absent or unparsable keeps the previous level."""
-    if raw is None:
-        return fallback
-    try:
-        return clamp_expiration(parse_int64(raw))
-    except ValueError:
-        return fallback
+    requested = parse_expiration(raw)
+    return fallback if requested is None else clamp_expiration(requested)
+
+
+def empty_audience_warning(origin: str, default: str) -> str:
+    # An empty audience makes the API server issue a token for its own audience, which STS
+    # refuses ("Incorrect token audience"); upstream passes it through.
+    return (
+        f"{origin} is empty; the token gets the default audience {default!r} "
+        "(--token-audience), as if it were not set"
+    )
 
 
 def entry_from_annotations(
@@ -68,14 +91,26 @@ def entry_from_annotations(
             regional = parse_bool(raw_regional)
         except ValueError:
             pass
-    expiration = expiration_override(
-        annotations.get(settings.token_expiration_key), settings.token_expiration
-    )
+    requested = parse_expiration(annotations.get(settings.token_expiration_key))
+    expiration = settings.token_expiration if requested is None else clamp_expiration(requested)
+    audience = annotations.get(settings.audience_key) or settings.token_audience
     return IdentityEntry(
         role_arn=role_arn,
-        audience=annotations.get(settings.audience_key, settings.token_audience),
+        audience=audience,
         use_regional_sts=regional,
         token_expiration=expiration,
+        expiration_warning=(
+            None
+            if requested is None
+            else expiration_warning(f"its annotation {settings.token_expiration_key}", requested)
+        ),
+        audience_warning=(
+            empty_audience_warning(
+                f"its annotation {settings.audience_key}", settings.token_audience
+            )
+            if annotations.get(settings.audience_key) == ""
+            else None
+        ),
     )
 
 
@@ -97,6 +132,11 @@ class Identity:
     audience: str
     use_regional_sts: bool
     token_expiration: int  # before the pod's own token-expiration annotation
+    warnings: tuple[str, ...] = ()  # about the ServiceAccount's or ConfigMap's settings
+
+
+def _warnings(*candidates: str | None) -> tuple[str, ...]:
+    return tuple(w for w in candidates if w)
 
 
 def resolve_identity(lookup: Lookup, settings: MutationSettings) -> Identity | None:
@@ -110,6 +150,7 @@ def resolve_identity(lookup: Lookup, settings: MutationSettings) -> Identity | N
             audience=settings.container_credentials.audience,
             use_regional_sts=common.use_regional_sts if common else False,
             token_expiration=common.token_expiration if common else DEFAULT_TOKEN_EXPIRATION,
+            warnings=_warnings(common.expiration_warning) if common else (),
         )
     for entry, source in (
         (lookup.service_account, Source.ANNOTATION),
@@ -123,5 +164,6 @@ def resolve_identity(lookup: Lookup, settings: MutationSettings) -> Identity | N
                 audience=entry.audience,
                 use_regional_sts=entry.use_regional_sts,
                 token_expiration=entry.token_expiration,
+                warnings=_warnings(entry.audience_warning, entry.expiration_warning),
             )
     return None

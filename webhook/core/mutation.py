@@ -8,17 +8,19 @@ Order of additions, names and defaults follow upstream so swapped binaries produ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core.gocompat import csv_first_record, join_path
-from webhook.core.identity import Identity, Mode, expiration_override, is_valid_role_arn
+from webhook.core.identity import Identity, Mode, is_valid_role_arn, parse_expiration
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
     POD_IDENTITY_LABEL,
     WEB_IDENTITY_TOKEN_PATH,
     WEB_IDENTITY_VOLUME_NAME,
     MutationSettings,
+    clamp_expiration,
+    expiration_warning,
 )
 from webhook.core.wire import EnvVar, PatchOp, Pod, VolumeMount
 
@@ -42,10 +44,15 @@ Jitter = Callable[[], int]
 
 @dataclass(slots=True)
 class Plan:
-    """The outcome of planning; `operations` empty means the pod already has everything."""
+    """The outcome of planning; `operations` empty means the pod already has everything.
+
+    `warnings` say where we deviated from the plain recipe so that the pod stays valid
+    (they become the AdmissionReview response's warnings, which kubectl prints).
+    """
 
     operations: list[PatchOp]
     token_expiration: int
+    warnings: list[str] = field(default_factory=list)
 
 
 def _escape(token: str) -> str:
@@ -71,14 +78,20 @@ def token_expiration_for(
     annotations: Mapping[str, str],
     settings: MutationSettings,
     jitter: Jitter,
-) -> int:
-    """flag < ServiceAccount/ConfigMap < pod annotation; container credentials add jitter."""
-    expiration = expiration_override(
-        annotations.get(settings.token_expiration_key), identity.token_expiration
-    )
+) -> tuple[int, str | None]:
+    """flag < ServiceAccount/ConfigMap < pod annotation; container credentials add jitter.
+
+    Returns the seconds and, when the pod's annotation asked for more than the API server
+    accepts, the warning saying so.
+    """
+    requested = parse_expiration(annotations.get(settings.token_expiration_key))
+    expiration = identity.token_expiration if requested is None else clamp_expiration(requested)
     if identity.mode is Mode.CONTAINER_CREDENTIALS and expiration == DEFAULT_TOKEN_EXPIRATION:
         expiration = jitter()
-    return expiration
+    if requested is None:
+        return expiration, None
+    origin = f"pod annotation {settings.token_expiration_key}"
+    return expiration, expiration_warning(origin, requested)
 
 
 def is_windows(spec: Mapping[str, Any]) -> bool:
@@ -102,6 +115,7 @@ class _Injection:
 
     credential_names: frozenset[str]
     credentials: tuple[EnvVar, EnvVar]
+    token_file_env: str  # the variable naming the token file
     region: str
     use_regional_sts: bool
     mount: VolumeMount
@@ -137,8 +151,32 @@ def _add_to_list(
         ops.extend({"op": "add", "path": f"{path}/{key}/-", "value": item} for item in items)
 
 
+def _occupant(container: Mapping[str, Any], mount_path: str) -> tuple[str, str] | None:
+    """What already sits at `mount_path` in this container, as (verb, what): the API server
+    allows one mount or raw block device per path, so ours there would get the pod rejected."""
+    for mount in container.get("volumeMounts") or ():
+        if mount.get("mountPath") == mount_path:
+            return "mounts", f"volume {mount.get('name')!r}"
+    for device in container.get("volumeDevices") or ():
+        if isinstance(device, dict) and device.get("devicePath") == mount_path:
+            return "has", f"block device {device.get('name')!r}"
+    return None
+
+
+def _occupied_warning(container_name: Any, occupant: tuple[str, str], injection: _Injection) -> str:
+    verb, what = occupant
+    mount = injection.mount
+    return (
+        f"pod-identity-webhook: container {container_name!r} already {verb} {what} at "
+        f"{mount['mountPath']}, so the {mount['name']} volume is not mounted there (the API "
+        f"server rejects two mounts at one path); {injection.token_file_env} points into "
+        f"{what} instead"
+    )
+
+
 def _plan_containers(
     ops: list[PatchOp],
+    warnings: list[str],
     spec: Mapping[str, Any],
     list_name: str,
     skip: frozenset[str],
@@ -149,15 +187,21 @@ def _plan_containers(
         if name in skip:
             continue
         env = container.get("env") or ()
-        additions = _env_additions({var.get("name") for var in env}, injection)
+        names = {var.get("name") for var in env}
+        additions = _env_additions(names, injection)
         if additions is None:
             continue
         path = f"/spec/{list_name}/{index}"
         mounts = container.get("volumeMounts") or ()
         has_mount = any(m.get("name") == injection.mount["name"] for m in mounts)
         _add_to_list(ops, container, path, "env", additions)
-        if not has_mount:
+        if has_mount:
+            continue
+        occupant = _occupant(container, injection.mount["mountPath"])
+        if occupant is None:
             _add_to_list(ops, container, path, "volumeMounts", (dict(injection.mount),))
+        elif names.isdisjoint(injection.credential_names):  # we point the env at that path
+            warnings.append(_occupied_warning(name, occupant, injection))
 
 
 def role_arn_warning(identity: Identity, namespace: str, service_account: str) -> str | None:
@@ -175,6 +219,16 @@ def role_arn_warning(identity: Identity, namespace: str, service_account: str) -
     )
 
 
+def identity_warnings(identity: Identity, namespace: str, service_account: str) -> list[str]:
+    """Admission warnings about the identity's configuration (role ARN, audience, expiration)."""
+    warnings = [
+        f"pod-identity-webhook: ServiceAccount {namespace}/{service_account}: {note}"
+        for note in identity.warnings
+    ]
+    role = role_arn_warning(identity, namespace, service_account)
+    return [role, *warnings] if role else warnings
+
+
 def plan_mutation(
     pod: Pod,
     namespace: str,
@@ -185,9 +239,11 @@ def plan_mutation(
     """The additions that give `pod` its identity. Pure: same inputs, same plan."""
     annotations = pod_annotations(pod)
     spec = pod.get("spec") or {}
-    expiration = token_expiration_for(identity, annotations, settings, jitter)
+    expiration, expiration_note = token_expiration_for(identity, annotations, settings, jitter)
     ops: list[PatchOp] = []
     plan = Plan(operations=ops, token_expiration=expiration)
+    if expiration_note:
+        plan.warnings.append(f"pod-identity-webhook: {expiration_note}")
 
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
         cc = settings.container_credentials
@@ -198,6 +254,7 @@ def plan_mutation(
             {"name": CONTAINER_AUTHORIZATION_TOKEN_FILE, "value": token_file},
         )
         credential_names = _CONTAINER_CREDENTIALS_PAIR
+        token_file_env = CONTAINER_AUTHORIZATION_TOKEN_FILE
         labels = (pod.get("metadata") or {}).get("labels")
         if labels is None:
             ops.append(
@@ -220,6 +277,7 @@ def plan_mutation(
             {"name": WEB_IDENTITY_TOKEN_FILE, "value": token_file},
         )
         credential_names = _WEB_IDENTITY_PAIR
+        token_file_env = WEB_IDENTITY_TOKEN_FILE
 
     volumes = spec.get("volumes")
     if not any(v.get("name") == volume_name for v in volumes or ()):
@@ -228,8 +286,9 @@ def plan_mutation(
             "projected": {
                 "sources": [
                     {
+                        # Upstream's struct omits an empty audience; so do we.
                         "serviceAccountToken": {
-                            "audience": identity.audience,
+                            **({"audience": identity.audience} if identity.audience else {}),
                             "expirationSeconds": expiration,
                             "path": token_path,
                         }
@@ -246,11 +305,12 @@ def plan_mutation(
     injection = _Injection(
         credential_names=credential_names,
         credentials=credentials,
+        token_file_env=token_file_env,
         region=settings.aws_default_region,
         use_regional_sts=identity.use_regional_sts,
         mount={"name": volume_name, "readOnly": True, "mountPath": mount_path},
     )
     skip = containers_to_skip(annotations, settings)
-    _plan_containers(ops, spec, "initContainers", skip, injection)
-    _plan_containers(ops, spec, "containers", skip, injection)
+    _plan_containers(ops, plan.warnings, spec, "initContainers", skip, injection)
+    _plan_containers(ops, plan.warnings, spec, "containers", skip, injection)
     return plan

@@ -9,6 +9,7 @@ DEFAULT_TOKEN_AUDIENCE = "sts.amazonaws.com"
 DEFAULT_TOKEN_MOUNT_PATH = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
 DEFAULT_TOKEN_EXPIRATION = 86400
 MIN_TOKEN_EXPIRATION = 600  # the API server refuses projected tokens shorter than 10 minutes
+MAX_TOKEN_EXPIRATION = 2**32  # ... and longer than 2^32 seconds (expirationSeconds validation)
 JITTER_MIN_TOKEN_EXPIRATION = 79200
 WEB_IDENTITY_VOLUME_NAME = "aws-iam-token"
 WEB_IDENTITY_TOKEN_PATH = "token"
@@ -17,8 +18,18 @@ CONFIG_MAP_NAME = "pod-identity-webhook"
 
 
 def clamp_expiration(seconds: int) -> int:
-    """Every expiration, from any source, is raised to the API server's minimum."""
-    return max(seconds, MIN_TOKEN_EXPIRATION)
+    """Every expiration, from any source, is brought into the range the API server accepts."""
+    return min(max(seconds, MIN_TOKEN_EXPIRATION), MAX_TOKEN_EXPIRATION)
+
+
+def expiration_warning(origin: str, requested: int) -> str | None:
+    """What to tell the user when `requested` seconds (from `origin`) had to be lowered."""
+    if requested <= MAX_TOKEN_EXPIRATION:
+        return None
+    return (
+        f"{origin} asks for a token expiration of {requested} seconds, above the "
+        f"{MAX_TOKEN_EXPIRATION} (2^32) the API server accepts; {MAX_TOKEN_EXPIRATION} is used"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,7 +105,14 @@ def load_objects(paths: Sequence[str], config_map_namespace: str | None) -> Obje
             ):
                 data = obj.get("data") or {}
                 config = data.get("config") if isinstance(data, dict) else None
-                objects.config_map_document = config if isinstance(config, str) else None
+                if config is not None and not isinstance(config, str):
+                    # The API server stores only strings in data: an unquoted YAML mapping
+                    # here could never be applied, so the file is rejected, not half-read.
+                    raise ObjectsError(
+                        f"{file}: ConfigMap {namespace}/{CONFIG_MAP_NAME}: data.config must "
+                        f"be a string of JSON, got {type(config).__name__} (quote it, or use |)"
+                    )
+                objects.config_map_document = config
     return objects
 
 
@@ -118,6 +125,7 @@ class ObjectsSource:
         self.paths = list(paths)
         self.store = store
         self.config_map_namespace = config_map_namespace
+        store.add_refill("--objects", self.load)
 
     def watched_files(self) -> list[str]:
         return [str(p) for p in expand_paths(self.paths)]

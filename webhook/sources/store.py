@@ -19,6 +19,7 @@ from webhook.core.settings import MutationSettings
 log = logging.getLogger("webhook.store")
 
 ArrivalCallback = Callable[[str], None]
+Refill = Callable[[], None]
 
 
 def sa_key(namespace: str, name: str) -> str:
@@ -40,6 +41,11 @@ class IdentityStore:
         self._replacing: dict[str, IdentityEntry | None] | None = None
         self._arrival_lock = threading.Lock()
         self._arrivals: dict[str, list[ArrivalCallback]] = {}
+        # Full replacements are built one at a time (a relist after a clear may meet the
+        # watch loop's own relist); `_replacing` belongs to the one in progress.
+        self._replace_lock = threading.Lock()
+        self._refills: list[tuple[str, Refill]] = []
+        self._refill_lock = threading.Lock()
 
     # -- reads (hot path) -------------------------------------------------------------------
 
@@ -110,6 +116,10 @@ class IdentityStore:
         self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]
     ) -> None:
         """Swap in a complete set (a relist or a file reload) in one assignment."""
+        with self._replace_lock:
+            self._replace(accounts)
+
+    def _replace(self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]) -> None:
         with self._write_lock:
             self._replacing = {}
         try:
@@ -137,10 +147,35 @@ class IdentityStore:
     def set_container_credentials(self, identities: Iterable[tuple[str, str]]) -> None:
         self._container_credentials = frozenset(identities)
 
-    def clear(self) -> None:
+    def add_refill(self, what: str, refill: Refill) -> None:
+        """Register how a source reloads everything it provides, for `clear`."""
+        self._refills.append((what, refill))
+
+    def clear(self) -> threading.Thread | None:
+        """Forget every ServiceAccount and ConfigMap entry, then refill from the sources.
+
+        Upstream's informer resync re-adds everything within a period; without a refill we
+        would silently stop mutating. The refill runs in a thread (a large relist must not
+        stall the caller, usually the event loop); the thread is returned for tests.
+        """
         with self._write_lock:
             self._service_accounts = {}
         self._config_map = EMPTY_INDEX
+        if not self._refills:
+            return None
+        thread = threading.Thread(target=self._refill, name="cache-refill", daemon=True)
+        thread.start()
+        return thread
+
+    def _refill(self) -> None:
+        with self._refill_lock:  # clears in quick succession refill one after the other
+            for what, refill in self._refills:
+                try:
+                    refill()
+                except Exception as err:  # the source's own retry loop still runs
+                    log.error("refilling the cache from %s after a clear failed: %s", what, err)
+                else:
+                    log.info("cache cleared and refilled from %s", what)
 
     # -- arrival notifications (service-account lookup grace period) ------------------------
 
