@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the pinned e2e binaries and prints, as the LAST line of stdout, the
-# directory holding: kube-apiserver, etcd, helm, amazon-eks-pod-identity-webhook.
+# directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, etcd,
+# helm, amazon-eks-pod-identity-webhook.
 #
 #   e2e/tools/build.sh          build what is missing, print the directory
 #   e2e/tools/build.sh --sync   regenerate the tools modules' go.mod+go.sum from versions.env
 #
 # Env:
 #   PIW_E2E_CACHE          cache root (default ~/.cache/pod-identity-webhook/e2e-tools)
-#   PIW_KUBE_APISERVER, PIW_ETCD, PIW_HELM, PIW_UPSTREAM_WEBHOOK
-#                          prebuilt binaries to use instead of building; with all four
+#   PIW_KUBE_APISERVER, PIW_KUBE_CONTROLLER_MANAGER, PIW_KUBE_SCHEDULER, PIW_KUBELET,
+#   PIW_ETCD, PIW_HELM, PIW_UPSTREAM_WEBHOOK
+#                          prebuilt binaries to use instead of building; with all seven
 #                          set, Go is not needed.
 # Exit status 3: Go is missing and not every binary was given (callers skip e2e).
 set -euo pipefail
@@ -28,8 +30,10 @@ set +a
 
 # Bump when build flags change so stale caches are not reused.
 RECIPE=1
-NAMES=(kube-apiserver etcd helm amazon-eks-pod-identity-webhook)
-OVERRIDE_VARS=(PIW_KUBE_APISERVER PIW_ETCD PIW_HELM PIW_UPSTREAM_WEBHOOK)
+NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd helm
+    amazon-eks-pod-identity-webhook)
+OVERRIDE_VARS=(PIW_KUBE_APISERVER PIW_KUBE_CONTROLLER_MANAGER PIW_KUBE_SCHEDULER PIW_KUBELET
+    PIW_ETCD PIW_HELM PIW_UPSTREAM_WEBHOOK)
 cache_root="${PIW_E2E_CACHE:-$HOME/.cache/pod-identity-webhook/e2e-tools}"
 
 # The tools modules must stand alone, whatever go.work or GOFLAGS the caller has.
@@ -96,7 +100,8 @@ MODULES
 verify() {
     local name="$1" bin="$2" out want
     case "$name" in
-        kube-apiserver) out="$("$bin" --version 2>&1)"; want="$KUBERNETES_VERSION" ;;
+        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet)
+            out="$("$bin" --version 2>&1)"; want="$KUBERNETES_VERSION" ;;
         etcd) out="$("$bin" --version 2>&1)"; want="${ETCD_VERSION#v}" ;;
         helm) out="$("$bin" version --short 2>&1)"; want="$HELM_VERSION" ;;
         amazon-eks-pod-identity-webhook) out="$("$bin" --version 2>&1)"; want="$UPSTREAM_WEBHOOK_VERSION" ;;
@@ -140,11 +145,11 @@ build() {
     local name="$1" dir="$2" tmp start
     tmp="$(mktemp -d "$dir/.build-$name.XXXXXX")"
     start=$SECONDS
-    log "building $name (this can take a while; kube-apiserver takes ~6 min on 2 cores)"
+    log "building $name (this can take a while: kube-apiserver ~6 min on 2 cores, then kube-controller-manager ~4)"
     case "$name" in
-        kube-apiserver)
+        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet)
             go -C "$here/kube" build -p 2 -trimpath -ldflags="$(ldflags_kube)" \
-                -o "$tmp/$name" k8s.io/kubernetes/cmd/kube-apiserver ;;
+                -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name" ;;
         etcd)
             go -C "$here/etcd" build -p 2 -trimpath -ldflags="-s -w" \
                 -o "$tmp/$name" go.etcd.io/etcd/server/v3 ;;
@@ -186,7 +191,7 @@ main() {
     if [[ $all_overridden -eq 0 ]]; then
         if ! have_go; then
             log "Go is not installed and not all of ${OVERRIDE_VARS[*]} are set:"
-            log "cannot provide kube-apiserver/etcd/helm/upstream webhook; e2e must be skipped."
+            log "cannot provide the Kubernetes binaries/etcd/helm/upstream webhook; e2e must be skipped."
             exit 3
         fi
         check_modules

@@ -1,7 +1,12 @@
 //go:build tools
 
-// Package tools pins k8s.io/kubernetes so `go build k8s.io/kubernetes/cmd/kube-apiserver`
-// resolves from this module's go.mod/go.sum.
+// Package tools pins k8s.io/kubernetes so `go build k8s.io/kubernetes/cmd/<name>` resolves
+// from this module's go.mod/go.sum for every Kubernetes binary the e2e tests run.
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
