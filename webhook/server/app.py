@@ -198,7 +198,7 @@ def create_metrics_app(ctx: WebhookContext) -> FastAPI:
 
         @app.api_route("/debug/alpha/cache/clear", methods=["GET", "POST"])
         async def clear() -> Response:
-            ctx.store.clear()
-            return JSONResponse({"cleared": True})
+            refill = ctx.store.clear()  # relists in the background, as upstream's resync would
+            return JSONResponse({"cleared": True, "refilling": refill is not None})
 
     return app

@@ -210,6 +210,7 @@ class KubeSource:
         self._fetching: set[str] = set()
         self._fetch_lock = threading.Lock()
         self.relists = 0
+        store.add_refill("the Kubernetes API", self.refill)
 
     @classmethod
     def connect(
@@ -274,6 +275,20 @@ class KubeSource:
                 log.warning("kubernetes watch failed, retrying in %.1fs: %s", delay, err)
                 self._stop.wait(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def refill(self) -> None:
+        """Relist now (after a cache clear), retrying until it works; the watches run on."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._list_service_accounts()
+                if self.config_map_namespace is not None:
+                    self._apply_config_map(self._get_config_map()[0])
+                return
+            except Exception as err:
+                log.warning("relist after a cache clear failed, retrying in %.1fs: %s", delay, err)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     # -- ServiceAccounts --------------------------------------------------------------------
 
@@ -372,15 +387,23 @@ class KubeSource:
             log.warning(warning)
         self.store.set_config_map(index)
 
-    def _config_map_once(self) -> None:
+    def _get_config_map(self) -> tuple[dict[str, Any] | None, str]:
+        """The ConfigMap (None when absent) and the list's resourceVersion."""
         namespace = quote(self.config_map_namespace or "", safe="")
         path = f"/api/v1/namespaces/{namespace}/configmaps"
         selector = ("fieldSelector", f"metadata.name={CONFIG_MAP_NAME}")
         listing = self.client.get_json(path, [selector, ("resourceVersion", "0")])
         items = listing.get("items") or []
-        self._apply_config_map(items[0] if items else None)
-        self._cm_synced.set()
         version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        return (items[0] if items else None), version
+
+    def _config_map_once(self) -> None:
+        namespace = quote(self.config_map_namespace or "", safe="")
+        path = f"/api/v1/namespaces/{namespace}/configmaps"
+        selector = ("fieldSelector", f"metadata.name={CONFIG_MAP_NAME}")
+        config_map, version = self._get_config_map()
+        self._apply_config_map(config_map)
+        self._cm_synced.set()
         while not self._stop.is_set():
             query = [
                 selector,
