@@ -145,7 +145,13 @@ def pod(
 # --------------------------------------------------------------------------- the process
 
 
-def free_port() -> int:
+def free_port(dual_stack: bool = False) -> int:
+    """A port free on 127.0.0.1 (or, with `dual_stack`, on every address of both families)."""
+    if dual_stack:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+            return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -232,14 +238,17 @@ def serve_command(
     tls_key: Path,
     objects: Path,
     extra_args: Sequence[str] = (),
+    bind_address: str | None = HOST,
 ) -> list[str]:
+    """`serve` on the given ports; `bind_address=None` keeps the default (every address).
+    Tests stop servers with SIGTERM, so the drain's delay is off unless a test asks for it."""
+    bind = ["--bind-address", bind_address] if bind_address is not None else []
     return [
         sys.executable,
         "-m",
         "webhook",
         "serve",
-        "--bind-address",
-        HOST,
+        *bind,
         "--port",
         str(port),
         "--metrics-port",
@@ -251,6 +260,7 @@ def serve_command(
         "--objects",
         str(objects),
         "-v=4",
+        "--shutdown-delay=0s",
         *extra_args,
     ]
 
@@ -270,10 +280,16 @@ def start_webhook(
     log_path: Path,
     extra_args: Sequence[str] = (),
     attempts: int = 3,
+    bind_address: str | None = HOST,
+    ports: tuple[int, int] | None = None,
 ) -> WebhookProcess:
-    """Start and wait until ready; retries on fresh ports if another process took ours."""
+    """Start and wait until ready; retries on fresh ports if another process took ours
+    (unless `ports` are given: (https, metrics))."""
     for attempt in range(1, attempts + 1):
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = ports or (
+            free_port(bind_address is None),
+            free_port(bind_address is None),
+        )
         command = serve_command(
             port=port,
             metrics_port=metrics_port,
@@ -281,6 +297,7 @@ def start_webhook(
             tls_key=tls_key,
             objects=objects,
             extra_args=extra_args,
+            bind_address=bind_address,
         )
         with log_path.open("ab") as log_file:
             proc = subprocess.Popen(
@@ -291,7 +308,8 @@ def start_webhook(
             server.wait_ready()
             return server
         except ServerExited:
-            if attempt < attempts and "address already in use" in server.log_text().lower():
+            retry = ports is None and attempt < attempts
+            if retry and "address already in use" in server.log_text().lower():
                 continue
             raise AssertionError(
                 f"server exited with code {proc.returncode} while starting; log:\n"
@@ -312,6 +330,8 @@ def running_webhook(
     objects: Path,
     log_path: Path,
     extra_args: Sequence[str] = (),
+    bind_address: str | None = HOST,
+    ports: tuple[int, int] | None = None,
 ) -> Iterator[WebhookProcess]:
     """A started server, always terminated afterwards; its log is echoed to stderr (shown by
     pytest for failing tests)."""
@@ -322,6 +342,8 @@ def running_webhook(
         objects=objects,
         log_path=log_path,
         extra_args=extra_args,
+        bind_address=bind_address,
+        ports=ports,
     )
     try:
         yield server
@@ -351,3 +373,67 @@ def run_serve_expecting_exit(
     return subprocess.run(
         command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+class ServerFactory:
+    """Starts dedicated servers (own certificates and objects file unless given) inside an
+    ExitStack, so a test fixture can hand out `start(...)` and stop them all afterwards."""
+
+    def __init__(self, stack: contextlib.ExitStack, directory: Path, objects: Sequence[Any]):
+        self.stack, self.directory, self.objects = stack, directory, list(objects)
+        self.count = 0
+
+    def __call__(
+        self,
+        *,
+        extra_args: Sequence[str] = (),
+        cert_files: CertFiles | None = None,
+        objects: Path | None = None,
+        bind_address: str | None = HOST,
+        ports: tuple[int, int] | None = None,
+    ) -> WebhookProcess:
+        self.count += 1
+        directory = self.directory / f"server-{self.count}"
+        directory.mkdir()
+        if cert_files is None:
+            cert_files = make_certs(directory / "certs")
+        if objects is None:
+            objects = directory / "objects.json"
+            write_objects(objects, self.objects)
+        return self.stack.enter_context(
+            running_webhook(
+                tls_cert=cert_files.tls_cert,
+                tls_key=cert_files.tls_key,
+                ca_pem=cert_files.ca.cert_pem,
+                objects=objects,
+                log_path=directory / "server.log",
+                extra_args=extra_args,
+                bind_address=bind_address,
+                ports=ports,
+            )
+        )
+
+
+def raw_request(
+    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
+    """An HTTP/1.1 request as bytes, with Content-Length when there is a body."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def metric_value(server: WebhookProcess, name: str, *label_parts: str) -> float:
+    """The sum of `name`'s samples whose labels contain every one of `label_parts`."""
+    with server.metrics_client() as plain:
+        text = plain.get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            labels, _, value = line.rpartition(" ")
+            if all(part in labels for part in label_parts):
+                total += float(value)
+    return total

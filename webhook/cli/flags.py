@@ -233,3 +233,49 @@ def settings_from_args(
             full_uri=args.container_credentials_full_uri,
         ),
     )
+
+
+def go_port(text: str) -> int:
+    """A TCP port to listen on: pflag's integer syntax, 1-65535 (0 would pick a random port
+    while the logs name 0)."""
+    port = go_int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+# Options that never take a separate value, besides the registered booleans.
+_NO_VALUE_OPTIONS = frozenset({"-h", "--help"})
+
+
+def split_stray_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(flags, stray positional arguments) of already normalized `argv`.
+
+    pflag keeps positional arguments apart and upstream never reads them, so a manifest
+    written `--sts-regional-endpoint true` starts (the bare boolean means true and `true`
+    is ignored). A token is stray when it is neither an option nor the value of the option
+    before it; everything after `--` is stray.
+    """
+    flags: list[str] = []
+    strays: list[str] = []
+    expects_value = False
+    for index, arg in enumerate(argv):
+        if expects_value:
+            flags.append(arg)
+            expects_value = False
+        elif arg == "--":
+            strays.extend(argv[index + 1 :])
+            break
+        elif arg.startswith("-") and arg != "-":
+            flags.append(arg)
+            name = arg.split("=", 1)[0]
+            bare_short = len(arg) == 2 and not arg.startswith("--")  # `-v 4`, not `-v4`
+            long_without_value = arg.startswith("--") and "=" not in arg
+            expects_value = (
+                (bare_short or long_without_value)
+                and name not in _NO_VALUE_OPTIONS
+                and name.lstrip("-") not in BOOL_FLAGS
+            )
+        else:
+            strays.append(arg)
+    return flags, strays

@@ -19,8 +19,9 @@ from webhook.server.app import (
     create_webhook_app,
 )
 from webhook.server.grace import GraceLookup
+from webhook.server.listen import Endpoint, ListenError, bind, bound_address
 from webhook.server.metrics import Metrics
-from webhook.server.runner import Listener, ServerGroup
+from webhook.server.runner import Draining, Listener, ServerGroup, Timeouts
 from webhook.server.runner import run as run_servers
 from webhook.server.tls import CertificateReloader, TLSConfigError, server_context
 from webhook.sources import filewatch
@@ -31,26 +32,70 @@ from webhook.sources.store import IdentityStore
 HELP = "run the webhook server (default command; upstream's flags)"
 log = logging.getLogger("webhook.serve")
 
+_TIMEOUTS = Timeouts()  # the defaults
 RELOAD_INTERVAL_SECONDS = 2.0  # certificates, --objects and identities files
 Job = Callable[[], Coroutine[Any, Any, None]]
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-    return flags.normalize_argv(argv)
+    """pflag's syntax; stray positional arguments go after `--`, where argparse collects them
+    into `stray_arguments` wherever they stood."""
+    options, strays = flags.split_stray_arguments(flags.normalize_argv(argv))
+    return [*options, "--", *strays] if strays else options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False
     server = parser.add_argument_group("server")
-    server.add_argument("--port", type=flags.go_int, default=443, help="Port to listen on (HTTPS)")
+    server.add_argument("--port", type=flags.go_port, default=443, help="Port to listen on (HTTPS)")
     server.add_argument(
         "--metrics-port",
-        type=flags.go_int,
+        type=flags.go_port,
         default=9999,
         help="Port to listen on for metrics (http)",
     )
     server.add_argument(
-        "--bind-address", default="0.0.0.0", help="(new) Address both listeners bind to"
+        "--bind-address",
+        default="",
+        help="(new) Address both listeners bind to (default: every address, IPv6 and IPv4, "
+        "as upstream's `:443`; IPv4 only where the host has no IPv6)",
+    )
+    flags.bool_flag(
+        server,
+        "reuse-port",
+        False,
+        "(new) SO_REUSEPORT on both listeners: replicas sharing a host (hostNetwork) share the "
+        "ports",
+    )
+    server.add_argument(
+        "--shutdown-delay",
+        type=flags.go_duration,
+        default=_TIMEOUTS.shutdown_delay,
+        metavar="DURATION",
+        help="(new) After SIGTERM, keep serving this long with /readyz failing and "
+        "`Connection: close` on every answer, before the listeners close",
+    )
+    server.add_argument(
+        "--shutdown-timeout",
+        type=flags.go_duration,
+        default=_TIMEOUTS.shutdown_timeout,
+        metavar="DURATION",
+        help="(new) Then wait up to this long for in-flight reviews and unsent answers",
+    )
+    server.add_argument(
+        "--tls-handshake-timeout",
+        type=flags.go_duration,
+        default=_TIMEOUTS.tls_handshake,
+        metavar="DURATION",
+        help="(new) Close connections that have not completed a TLS handshake by then",
+    )
+    server.add_argument(
+        "--read-header-timeout",
+        type=flags.go_duration,
+        default=_TIMEOUTS.read_header,
+        metavar="DURATION",
+        help="(new) Close connections that have not sent a complete request head by then "
+        "(Go's ReadHeaderTimeout; idle keep-alive connections wait longer)",
     )
     server.add_argument(
         "--tls-cert",
@@ -117,6 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_mutation_flags(parser)
     flags.add_klog_flags(parser)
     flags.bool_flag(parser, "version", False, "Display the version and exit")
+    # pflag ignores positional arguments; so do we, with a warning (see normalize_argv).
+    parser.add_argument("stray_arguments", nargs="*", help=argparse.SUPPRESS)
 
 
 def _container_credentials_job(path: str, store: IdentityStore) -> Job:
@@ -151,6 +198,22 @@ def _container_credentials_job(path: str, store: IdentityStore) -> Job:
     )
 
 
+def _warn_stray_arguments(strays: Sequence[str]) -> None:
+    if not strays:
+        return
+    hint = ""
+    if any(word.lower() in ("true", "false", "t", "f", "1", "0") for word in strays):
+        hint = (
+            "; a boolean flag takes its value after '=' (`--sts-regional-endpoint false` "
+            "turns it ON, write --sts-regional-endpoint=false)"
+        )
+    log.warning(
+        "ignoring positional arguments %s, as upstream does%s",
+        " ".join(repr(word) for word in strays),
+        hint,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.verbosity, args.log_format)
     if args.version:
@@ -162,11 +225,23 @@ def run(args: argparse.Namespace) -> int:
             "Kubernetes legacy signer no longer serves; mount a certificate (cert-manager, the "
             "Helm chart or `pod-identity-webhook certs generate`) and pass --tls-cert/--tls-key"
         )
+    _warn_stray_arguments(args.stray_arguments)
+    if args.port == args.metrics_port:
+        raise UsageError(
+            f"--port and --metrics-port are both {args.port}; the two listeners need two ports"
+        )
+    try:
+        https_sockets = bind(Endpoint(args.bind_address, args.port, args.reuse_port))
+        metrics_sockets = bind(Endpoint(args.bind_address, args.metrics_port, args.reuse_port))
+    except ListenError as err:
+        log.error("%s", err)
+        return 1
     from webhook.sources.imds import account_from_instance_metadata
 
     settings = flags.settings_from_args(args, account_lookup=account_from_instance_metadata)
     store = IdentityStore(settings)
     jobs: list[Job] = []
+    reconnects: dict[str, int] | None = None
     config_map_namespace = args.namespace if args.watch_config_map else None
     fetch = None
     if args.objects:
@@ -203,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from None
         kube.start()
         ready = kube.synced
+        reconnects = kube.reconnects
         fetch = kube.request_fetch
     if args.watch_container_credentials_config:
         jobs.append(_container_credentials_job(args.watch_container_credentials_config, store))
@@ -226,6 +302,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.track_cache(lambda: float(store.service_account_count), ready)
     metrics.used.set_function(lambda: 1.0 if store.service_account_count else 0.0)
+    if reconnects is not None:
+        counts = reconnects
+        metrics.track_reconnects(lambda: dict(counts))
+    draining = Draining()
     ctx = WebhookContext(
         settings=settings,
         store=store,
@@ -234,20 +314,26 @@ def run(args: argparse.Namespace) -> int:
         ready=ready,
         max_request_bytes=args.max_request_bytes,
         debug_handlers=args.enable_debugging_handlers,
+        shutting_down=lambda: draining.active,
     )
     group = ServerGroup(
         listeners=[
-            Listener(create_webhook_app(ctx), args.bind_address, args.port, tls_context),
-            Listener(create_metrics_app(ctx), args.bind_address, args.metrics_port),
+            Listener(create_webhook_app(ctx), https_sockets, tls_context),
+            Listener(create_metrics_app(ctx), metrics_sockets),
         ],
         background=jobs,
+        timeouts=Timeouts(
+            shutdown_delay=args.shutdown_delay,
+            shutdown_timeout=args.shutdown_timeout,
+            tls_handshake=args.tls_handshake_timeout,
+            read_header=args.read_header_timeout,
+        ),
+        draining=draining,
     )
     log.info(
-        "starting listeners on %s:%d (https) and %s:%d (metrics)",
-        args.bind_address,
-        args.port,
-        args.bind_address,
-        args.metrics_port,
+        "starting listeners on %s (https) and %s (metrics)",
+        ", ".join(bound_address(sock) for sock in https_sockets),
+        ", ".join(bound_address(sock) for sock in metrics_sockets),
     )
     run_servers(group)
     log.info("shut down cleanly")

@@ -36,6 +36,7 @@ class WebhookContext:
     ready: Callable[[], bool]
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     debug_handlers: bool = False
+    shutting_down: Callable[[], bool] = lambda: False
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -117,7 +118,10 @@ class MutateEndpoint:
             content_type = _header(scope, b"content-type")
             if not _is_json(content_type):
                 status = 415
-                log.error("Content-Type=%s, expected application/json", content_type)
+                log.error(
+                    "Content-Type=%s, expected application/json",
+                    (content_type or b"").decode("latin-1"),
+                )
                 await _send(
                     send, 415, b"Invalid Content-Type, expected `application/json`\n", _TEXT
                 )
@@ -158,6 +162,8 @@ def create_webhook_app(ctx: WebhookContext) -> ASGIApp:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if ctx.shutting_down():
+            return PlainTextResponse("shutting down\n", 503)
         if ctx.ready():
             return PlainTextResponse("ok")
         return PlainTextResponse("identity caches not synced yet\n", 503)

@@ -6,8 +6,9 @@ upstream counters are therefore exposed by a small collector that writes their e
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,8 +20,13 @@ from prometheus_client import (
     Summary,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# prometheus_client writes bucket bounds as Python floats (`le="125000.0"`); client_golang
+# writes the shortest form (`le="125000"`), and dashboards and recording rules match on it.
+_INTEGRAL_BOUND = re.compile(rb'le="(\d+)\.0"')
 
 _UPSTREAM_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "http_request_count": (
@@ -74,6 +80,23 @@ class _ExactNameCounters:
                 )
                 lines.append(f"{name}{{{pairs}}} {value!r}" if pairs else f"{name} {value!r}")
         return ("\n".join(lines) + "\n").encode()
+
+
+class _Reconnects(Collector):
+    """Kubernetes list/watch retries after an error, read from the source when scraped."""
+
+    def __init__(self, count: Callable[[], dict[str, int]]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "pod_identity_webhook_kube_reconnects",
+            "Times a Kubernetes list or watch was retried after an error, per resource",
+            labels=("resource",),
+        )
+        for resource, count in sorted(self._count().items()):
+            family.add_metric((resource,), float(count))
+        yield family
 
 
 class Metrics:
@@ -136,6 +159,9 @@ class Metrics:
         self._service_accounts.set_function(count)
         self._synced.set_function(lambda: 1.0 if synced() else 0.0)
 
+    def track_reconnects(self, count: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_Reconnects(count))
+
     def observe_request(self, verb: str, path: str, code: int, seconds: float) -> None:
         self.counters.inc("http_request_count", verb, path, str(code))
         children = self._children.get((verb, path))
@@ -158,4 +184,6 @@ class Metrics:
         self.counters.inc("pod_identity_webhook_missing_sa_count")
 
     def exposition(self) -> bytes:
-        return self.counters.exposition() + generate_latest(self.registry)
+        return self.counters.exposition() + _INTEGRAL_BOUND.sub(
+            rb'le="\1"', generate_latest(self.registry)
+        )

@@ -1,8 +1,15 @@
-"""Run the HTTPS webhook and the metrics listener in one event loop, and stop them cleanly.
+"""Run the HTTPS webhook and the metrics listener in one event loop, and stop without losing a
+review.
 
-SIGTERM (what the kubelet sends) stops accepting, closes idle keep-alive connections at once
-(the API server pools them), lets in-flight reviews finish for up to the drain timeout, and
-returns so the process exits 0.
+On SIGTERM (what the kubelet sends):
+1. at once: `/readyz` fails, and every response says `Connection: close`, so the API server's
+   pooled connections are closed after an answer, never under a request it is sending;
+2. for `--shutdown-delay`: everything else goes on, listeners included, while the endpoint
+   is removed and the API server stops choosing this pod;
+3. then the listeners close (after taking what the kernel already accepted), idle connections
+   close, and in-flight reviews finish and their responses drain to the client for up to
+   `--shutdown-timeout`; the process exits 0.
+SIGINT skips the delay; a second signal ends the drain at once.
 """
 
 from __future__ import annotations
@@ -13,101 +20,224 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.server import ServerState
+
+from webhook.server.accept import Acceptor
+from webhook.server.protocol import ConnectionPolicy, WebhookProtocol
 
 log = logging.getLogger("webhook.server")
 
 # The API server drops idle connections after 90 s; staying open longer avoids a reconnect
 # (and a TLS handshake) racing a review.
-KEEP_ALIVE_SECONDS = 120
-DRAIN_SECONDS = 10
+KEEP_ALIVE_SECONDS = 120.0
+_DRAIN_CHECK_SECONDS = 0.05
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn.Server without its own signal handling: we stop both listeners together and
-    must not have uvicorn re-raise SIGTERM after a clean shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn closes idle connections gracefully, and a TLS close waits for the peer's
-        # close_notify, which a pooling client (the API server) may never send: the drain
-        # would then always last its full timeout. Idle connections carry no request, so
-        # abort them, as Go's http.Server.Shutdown does.
-        for connection in list(self.server_state.connections):
-            cycle = getattr(connection, "cycle", None)
-            transport = getattr(connection, "transport", None)
-            if transport is not None and (cycle is None or cycle.response_complete):
-                transport.abort()
-        await super().shutdown(sockets)
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    shutdown_delay: float = 5.0
+    shutdown_timeout: float = 10.0
+    tls_handshake: float = 5.0
+    read_header: float = 5.0
+    keep_alive: float = KEEP_ALIVE_SECONDS
 
 
 @dataclass(slots=True)
 class Listener:
     app: ASGIApp
-    host: str
-    port: int
+    sockets: list[socket.socket]
     ssl_context: ssl.SSLContext | None = None
 
 
 @dataclass(slots=True)
-class ServerGroup:
-    listeners: Sequence[Listener]
-    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
-    drain_seconds: float = DRAIN_SECONDS
-    servers: list[uvicorn.Server] = field(default_factory=list)
+class Draining:
+    """Set from the first SIGTERM on; readiness reads it."""
 
-    def _server(self, listener: Listener) -> uvicorn.Server:
-        context = listener.ssl_context
+    active: bool = False
+
+
+@dataclass(eq=False)
+class _Served:
+    """One listener while it runs: its connections and how new ones are accepted."""
+
+    listener: Listener
+    timeouts: Timeouts
+    policy: ConnectionPolicy = field(init=False)
+    state: ServerState = field(default_factory=ServerState)
+    acceptor: Acceptor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = ConnectionPolicy(self.timeouts.read_header)
         config = uvicorn.Config(
-            listener.app,
-            host=listener.host,
-            port=listener.port,
-            loop="none",  # the loop is ours (uvloop when available)
+            self.listener.app,
             http="httptools",
+            ws="none",  # upgrade requests are answered as plain HTTP/1.1 (see protocol.py)
             lifespan="off",
+            proxy_headers=False,
             access_log=False,
             log_config=None,
             server_header=False,
             date_header=False,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=int(self.drain_seconds),
-            ssl_context_factory=(lambda _config, _default: context) if context else None,
+            timeout_keep_alive=int(self.timeouts.keep_alive),
         )
-        return _QuietServer(config)
+        config.load()
+        loop = asyncio.get_running_loop()
 
-    def stop(self) -> None:
-        for server in self.servers:
-            server.should_exit = True
+        def factory() -> asyncio.Protocol:
+            return WebhookProtocol(config, self.state, self.policy, loop)
+
+        self.acceptor = Acceptor(
+            self.listener.sockets, factory, self.listener.ssl_context, self.timeouts.tls_handshake
+        )
 
     @property
-    def started(self) -> bool:
-        return bool(self.servers) and all(s.started for s in self.servers)
+    def connections(self) -> list[WebhookProtocol]:
+        return [c for c in self.state.connections if isinstance(c, WebhookProtocol)]
+
+    def start_draining(self) -> None:
+        self.policy.draining = True
+        for connection in self.connections:
+            cycle = connection.cycle
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False  # its answer will say Connection: close
+
+    def settle(self) -> bool:
+        """One drain step: close what has nothing left to do; True once nothing is left."""
+        for connection in self.connections:
+            if connection.busy:
+                connection.quiet_checks = 0
+                continue
+            if not connection.transport.is_closing():
+                connection.transport.close()  # flushes, then TLS close_notify
+            if connection.unsent_bytes():
+                connection.quiet_checks = 0
+                continue
+            # Everything reached the client; do not wait for its close_notify. Twice, so a
+            # write the loop had not yet handed to the kernel is not mistaken for none.
+            connection.quiet_checks += 1
+            if connection.quiet_checks >= 2:
+                connection.transport.abort()
+        return not self.state.connections and not self.acceptor.opening
+
+    def abort_all(self) -> int:
+        left = len(self.state.connections) + len(self.acceptor.opening)
+        for connection in list(self.state.connections):
+            connection.transport.abort()
+        for task in list(self.acceptor.opening) + list(self.state.tasks):
+            task.cancel()
+        return left
+
+    def expire_heads(self, now: float) -> None:
+        for connection in self.connections:
+            if connection.head_overdue(now):
+                log.debug("closing a connection that sent no complete request head in time")
+                connection.head_deadline = None
+                connection.transport.abort()
+
+
+@dataclass(eq=False)
+class ServerGroup:
+    listeners: Sequence[Listener]
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    draining: Draining = field(default_factory=Draining)
+    started: bool = False
+    _served: list[_Served] = field(default_factory=list)
+    _stop: asyncio.Event | None = None
+    _skip_delay: asyncio.Event | None = None
+    _force: asyncio.Event | None = None
+
+    def stop(self, *, delay: bool = True) -> None:
+        """Begin the drain (thread-unsafe: call on the loop). A second call ends it at once."""
+        assert self._stop is not None and self._skip_delay is not None and self._force is not None
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+        if not delay:
+            self._skip_delay.set()
 
     async def serve(self) -> None:
-        self.servers = [self._server(listener) for listener in self.listeners]
         loop = asyncio.get_running_loop()
+        self._stop, self._skip_delay, self._force = (asyncio.Event() for _ in range(3))
+        self._served = [_Served(listener, self.timeouts) for listener in self.listeners]
+        for served in self._served:
+            served.acceptor.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-        tasks = [asyncio.create_task(job()) for job in self.background]
+            loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+            loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
+        jobs = [asyncio.create_task(job()) for job in self.background]
+        sweeper = asyncio.create_task(self._expire_heads())
+        self.started = True
         try:
-            await asyncio.gather(*(server.serve() for server in self.servers))
+            await self._stop.wait()
+            await self._drain()
         finally:
-            for task in tasks:
+            sweeper.cancel()
+            for task in jobs:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(sweeper, *jobs, return_exceptions=True)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("received %s, draining in-flight requests", sig.name)
-        self.stop()
+        assert self._stop is not None
+        if self._stop.is_set():
+            log.info("received %s again, closing every connection now", sig.name)
+        elif sig == signal.SIGINT or self.timeouts.shutdown_delay <= 0:
+            log.info("received %s, draining: /readyz fails, listeners close now", sig.name)
+        else:
+            log.info(
+                "received %s, draining: /readyz fails and answers say Connection: close; "
+                "listeners close in %gs (--shutdown-delay)",
+                sig.name,
+                self.timeouts.shutdown_delay,
+            )
+        self.stop(delay=sig != signal.SIGINT)
+
+    async def _wait_any(self, timeout: float, *events: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(
+                waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _drain(self) -> None:
+        assert self._skip_delay is not None and self._force is not None
+        self.draining.active = True
+        for served in self._served:
+            served.start_draining()
+        await self._wait_any(self.timeouts.shutdown_delay, self._skip_delay, self._force)
+        for served in self._served:
+            served.acceptor.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.shutdown_timeout
+        while not self._force.is_set():
+            settled = [served.settle() for served in self._served]
+            if all(settled) or loop.time() >= deadline:
+                break
+            await self._wait_any(_DRAIN_CHECK_SECONDS, self._force)
+        left = sum(served.abort_all() for served in self._served)
+        if left:
+            log.warning(
+                "%d connection(s) still busy or sending when the drain ended (--shutdown-timeout)",
+                left,
+            )
+
+    async def _expire_heads(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, max(0.05, self.timeouts.read_header / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for served in self._served:
+                served.expire_heads(now)
 
 
 def run(group: ServerGroup) -> None:

@@ -10,7 +10,6 @@ watch request. Runs in daemon threads; writes go into the IdentityStore.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +22,14 @@ import urllib3
 
 from webhook.core.configmap import EMPTY_INDEX, ConfigMapError, parse_config
 from webhook.core.settings import CONFIG_MAP_NAME
+from webhook.sources.backoff import CAP_SECONDS, Backoff
 from webhook.sources.store import IdentityStore, sa_key
 
 log = logging.getLogger("webhook.kube")
 
 PAGE_SIZE = 500
 WATCH_TIMEOUT_SECONDS = 300
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = CAP_SECONDS
 FETCH_RATE_PER_SECOND = 10.0  # upstream's limiter for grace-period lookups: 10/s, burst 20
 FETCH_BURST = 20
 QPS = 50  # upstream's client QPS and burst
@@ -210,6 +210,10 @@ class KubeSource:
         self._fetching: set[str] = set()
         self._fetch_lock = threading.Lock()
         self.relists = 0
+        # Retries after an error, per resource (pod_identity_webhook_kube_reconnects_total).
+        self.reconnects = {"serviceaccounts": 0}
+        if config_map_namespace is not None:
+            self.reconnects["configmaps"] = 0
         store.add_refill("the Kubernetes API", self.refill)
 
     @classmethod
@@ -238,11 +242,17 @@ class KubeSource:
 
     def start(self) -> None:
         threading.Thread(
-            target=self._run_loop, args=(self._service_accounts_once,), name="sa-watch", daemon=True
+            target=self._run_loop,
+            args=(self._service_accounts_once, "serviceaccounts"),
+            name="sa-watch",
+            daemon=True,
         ).start()
         if self.config_map_namespace is not None:
             threading.Thread(
-                target=self._run_loop, args=(self._config_map_once,), name="cm-watch", daemon=True
+                target=self._run_loop,
+                args=(self._config_map_once, "configmaps"),
+                name="cm-watch",
+                daemon=True,
             ).start()
 
     def stop(self) -> None:
@@ -258,23 +268,23 @@ class KubeSource:
             max(0.0, deadline - time.monotonic())
         )
 
-    def _run_loop(self, once: Callable[[], None]) -> None:
-        backoff = 0.5
+    def _run_loop(self, once: Callable[[], None], resource: str) -> None:
+        backoff = Backoff()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 once()
-                backoff = 0.5
+                backoff.reset()
             except _Gone:
                 log.info("watch expired (410 Gone), relisting")
                 continue
             except Exception as err:
                 if time.monotonic() - started > 30:
-                    backoff = 0.5  # it worked for a while: start the backoff afresh
-                delay = backoff * (1 + random.random() / 2)
+                    backoff.reset()  # it worked for a while: start the backoff afresh
+                delay = backoff.next_delay()
                 log.warning("kubernetes watch failed, retrying in %.1fs: %s", delay, err)
                 self._stop.wait(delay)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                self.reconnects[resource] += 1
 
     def refill(self) -> None:
         """Relist now (after a cache clear), retrying until it works; the watches run on."""

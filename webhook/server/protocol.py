@@ -1,0 +1,148 @@
+"""HTTP/1.1 per connection: uvicorn's httptools protocol with what the webhook needs on top.
+
+- Request heads have a deadline (`--read-header-timeout`, as Go's ReadHeaderTimeout): from the
+  connection's start for the first request, from the first byte of each later one. Idle
+  keep-alive connections between requests keep uvicorn's long keep-alive timeout.
+- While draining, every response says `Connection: close` and the connection closes after
+  it, so a pooling client (the API server) stops reusing it cleanly, after an answer.
+- `Connection: Upgrade` (`Upgrade: h2c`, websocket) is ignored as Go's server ignores it:
+  the request is answered over HTTP/1.1 with its body. llhttp stops at an upgrade and skips
+  the body, so the head is replayed without the upgrade into a fresh parser.
+- `unsent_bytes()` tells whether a finished response is still on its way to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import struct
+import termios
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+log = logging.getLogger("webhook.server")
+
+
+@dataclass(slots=True)
+class ConnectionPolicy:
+    """Shared by every connection of one listener."""
+
+    read_header_timeout: float
+    draining: bool = False
+
+
+class _Completed:
+    """Stands in for the request cycle while an upgrade request's head is replayed."""
+
+    response_complete = True
+
+
+_COMPLETED: Any = _Completed()
+
+
+def kernel_unsent(fd: int) -> int:
+    """Bytes the kernel still holds for the peer (unsent or unacknowledged); 0 if unknown."""
+    if fd < 0:
+        return 0
+    try:
+        (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))
+        return int(count)
+    except OSError:
+        return 0
+
+
+class WebhookProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        policy: ConnectionPolicy,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, {}, _loop)
+        self.policy = policy
+        self.head_deadline: float | None = None
+        self.quiet_checks = 0  # consecutive drain checks that found nothing left to send
+        self._fd = -1
+        self._replaying = False
+        self._held_cycle: Any = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        self.head_deadline = self.loop.time() + self.policy.read_header_timeout
+
+    @property
+    def busy(self) -> bool:
+        """A request is being read or answered (or waits in the pipeline)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def unsent_bytes(self) -> int:
+        return self.transport.get_write_buffer_size() + kernel_unsent(self._fd)
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._replay_without_upgrade(data[upgrade.args[0] :])
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.head_deadline is None:
+            self.head_deadline = self.loop.time() + self.policy.read_header_timeout
+
+    def on_headers_complete(self) -> None:
+        self.head_deadline = None
+        if self.parser.should_upgrade():
+            # Remember the cycle; uvicorn's body callbacks see a finished one and do nothing.
+            self._held_cycle = self.cycle
+            self.cycle = _COMPLETED
+            return
+        super().on_headers_complete()
+        if self.policy.draining:
+            self.cycle.keep_alive = False
+
+    def _replay_without_upgrade(self, rest: bytes) -> None:
+        if self._replaying or self.cycle is not _COMPLETED:  # CONNECT, or upgrade twice
+            self.send_400_response("Unsupported upgrade request.")
+            return
+        self.cycle = self._held_cycle
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            if name == b"upgrade":
+                continue
+            if name == b"connection":
+                tokens = [t.strip() for t in value.split(b",")]
+                value = b", ".join(t for t in tokens if t and t.lower() != b"upgrade")
+                if not value:
+                    continue
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._replaying = True
+        try:
+            self.data_received(b"".join(head) + rest)
+        finally:
+            self._replaying = False
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def head_overdue(self, now: float) -> bool:
+        return self.head_deadline is not None and now > self.head_deadline
