@@ -8,10 +8,15 @@ exchange them with the emulators. Loopback only.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +43,7 @@ from e2e.emulators import (
     trust_policy,
 )
 from e2e.emulators.probe import ProbeResult, run_probe
+from e2e.emulators.server import EmulatorServer, Request, Response
 
 ACCOUNT = "111122223333"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/eks-irsa-lab-demo-s3-reader-role"
@@ -165,7 +171,6 @@ def _certificate(
     *,
     ca: bool,
 ) -> x509.Certificate:
-    import ipaddress
 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -287,10 +292,24 @@ def irsa_env(tmp_path: Path, sts: StsEmulator, token: str) -> dict[str, str]:
 # --- (a) IRSA through botocore's default credential chain -----------------------------------------
 
 
+@pytest.mark.parametrize(
+    "injected",
+    [
+        pytest.param({}, id="minimal"),
+        # What the webhook adds with --sts-regional-endpoint and --aws-default-region: the
+        # endpoint override must still win over the regional STS endpoint.
+        pytest.param(
+            {"AWS_STS_REGIONAL_ENDPOINTS": "regional", "AWS_REGION": "eu-west-1"},
+            id="as-the-webhook-injects",
+        ),
+    ],
+)
 def test_default_chain_assumes_the_role_and_get_caller_identity_names_it(
-    tmp_path: Path, issuer: Issuer, sts: StsEmulator
+    tmp_path: Path, issuer: Issuer, sts: StsEmulator, injected: Mapping[str, str]
 ) -> None:
-    result = default_chain(tmp_path, irsa_env(tmp_path, sts, issuer.token()))
+    env = {**irsa_env(tmp_path, sts, issuer.token()), **injected}
+
+    result = default_chain(tmp_path, env)
 
     assert result.error is None
     assert result.method == "assume-role-with-web-identity"
@@ -439,9 +458,6 @@ def test_a_token_not_yet_valid_is_refused(issuer: Issuer, sts: StsEmulator) -> N
 
 
 def test_query_protocol_get_form_and_unknown_actions(issuer: Issuer, sts: StsEmulator) -> None:
-    import urllib.error
-    import urllib.parse
-    import urllib.request
 
     query = urllib.parse.urlencode(
         {
@@ -709,7 +725,6 @@ def test_container_provider_gets_credentials_from_the_agent(
 
 
 def test_agent_answers_the_agents_json(issuer: Issuer, agent: PodIdentityAgentEmulator) -> None:
-    import urllib.request
 
     request = urllib.request.Request(
         f"{agent.url}/v1/credentials", headers={"Authorization": pod_token(issuer)}
@@ -725,8 +740,6 @@ def test_agent_answers_the_agents_json(issuer: Issuer, agent: PodIdentityAgentEm
 def agent_refusal(
     agent: PodIdentityAgentEmulator, token: str, host: str | None = None
 ) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
 
     headers = {"Authorization": token}
     if host is not None:
@@ -773,7 +786,6 @@ def test_agent_refusals(issuer: Issuer, agent: PodIdentityAgentEmulator) -> None
 
 
 def _ipv6_loopback() -> bool:
-    import socket
 
     try:
         with socket.socket(socket.AF_INET6) as probe:
@@ -794,10 +806,6 @@ def _ipv6_loopback() -> bool:
     ],
 )
 def test_an_emulator_fault_is_answered_and_recorded_not_dropped(loopback: str) -> None:
-    import urllib.error
-    import urllib.request
-
-    from e2e.emulators.server import EmulatorServer, Request, Response
 
     class Faulty(EmulatorServer):
         def handle(self, request: Request) -> Response:
