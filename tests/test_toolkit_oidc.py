@@ -15,6 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -208,13 +209,55 @@ def test_oidc_keys_prints_a_jwks_from_private_and_public_key_files(
         tmp_path, "sa.pub", public_pem(rsa_key, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     code, out, err = run_cli(capsys, "oidc", "keys", "--public-key", private)
-    assert code == 0
-    from_private = json.loads(out)
+    assert code == 0 and err == ""
+    from_private = json.loads(out)  # the default is the JWKS itself: `> keys.json` works
     assert [k["kid"] for k in from_private["keys"]] == [expected_kid(rsa_key)]
-    assert expected_kid(rsa_key) in err  # human summary on stderr, stdout stays a JWKS
 
-    code, out, _ = run_cli(capsys, "oidc", "keys", "--public-key", public, "--output", "json")
+    code, out, _ = run_cli(capsys, "oidc", "keys", "--public-key", public, "-o", "json")
     assert code == 0 and json.loads(out) == from_private
+    code, out, _ = run_cli(capsys, "oidc", "keys", "--public-key", public, "-o", "yaml")
+    assert code == 0 and yaml.safe_load(out) == from_private
+
+
+def test_oidc_keys_text_is_for_people_not_the_json_again(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rsa_key: rsa.RSAPrivateKey,
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    old = write(tmp_path, "old.key", private_pem(rsa_key, serialization.PrivateFormat.PKCS8))
+    again = write(tmp_path, "old.pub", public_pem(rsa_key, serialization.PublicFormat.PKCS1))
+    new = write(tmp_path, "new.key", private_pem(ec_key, serialization.PrivateFormat.PKCS8))
+    argv = ["oidc", "keys", "--public-key", old, "--public-key", again, "--public-key", new]
+    code, out, _ = run_cli(capsys, *argv, "--output", "text")
+    assert code == 0
+    assert "{" not in out and '"kty"' not in out
+    lines = out.splitlines()
+    assert lines[0] == "2 key(s) in the JWKS"
+    assert f"  kid {expected_kid(rsa_key)}" in lines
+    assert f"    RSA 2048-bit, signs RS256, from {old}" in lines
+    assert f"  {again}: same key as above, published once" in lines
+    assert f"    ECDSA P-256, signs ES256, from {new}" in lines
+
+
+def test_oidc_keys_warns_about_rsa_keys_sts_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path = write(tmp_path, "weak.key", private_pem(weak, serialization.PrivateFormat.PKCS8))
+    code, out, err = run_cli(capsys, "oidc", "keys", "--public-key", path)
+    assert code == 0 and json.loads(out)["keys"]  # still published: rotating away needs it
+    assert f"warning: {path}: RSA 1024-bit key; STS and `oidc check` need at least 2048" in err
+
+
+def test_oidc_discovery_text_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["oidc", "discovery", "--issuer", "https://issuer.example/cluster"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and json.loads(out)["issuer"] == "https://issuer.example/cluster"
+    code, out, _ = run_cli(capsys, *argv, "-o", "text")
+    assert code == 0 and "{" not in out
+    assert "issuer              https://issuer.example/cluster" in out
+    assert "https://issuer.example/cluster/.well-known/openid-configuration" in out
 
 
 def test_several_keys_publish_a_rotation_and_identical_keys_are_deduplicated(

@@ -194,14 +194,14 @@ def test_inspect_cli_json_shape_and_stdin(
         "claims",
         "times",
         "now",
-        "expires_in_seconds",
-        "lifetime_seconds",
+        "expiresInSeconds",
+        "lifetimeSeconds",
         "expired",
         "identity",
         "notes",
     }
     assert report["header"] == {"alg": "ES256", "kid": jwks.key_id(public(ec_key))}
-    assert report["expired"] is True and report["expires_in_seconds"] == -5
+    assert report["expired"] is True and report["expiresInSeconds"] == -5
     assert report["identity"]["namespace"] == "payments"
     assert report["times"]["iat"]["epoch"] == NOW
 
@@ -282,11 +282,47 @@ def test_verify_json_shape(
         "accepted": True,
         "error": None,
         "message": None,
-        "sts_error": None,
+        "stsError": None,
         "reasons": [],
         "statement": 0,
         "notes": [],
     }
+
+
+def camel_case_violations(value: object, path: str = "$") -> list[str]:
+    """Keys of our own reports that are not camelCase; the token's header and claims are the
+    token's content, not ours, and are skipped."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("header", "claims"):
+                continue
+            if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", str(key)):
+                found.append(f"{path}.{key}")
+            found += camel_case_violations(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += camel_case_violations(item, f"{path}[{index}]")
+    return found
+
+
+def test_json_reports_use_camel_case_keys_like_kubernetes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    keys_json = jwks_file_via_cli(tmp_path, capsys, rsa_key)
+    token_file = write(tmp_path, "token", projected_token(rsa_key))
+    policy = write(tmp_path, "trust.json", policy_for())
+    now = ["--now", str(NOW + 60)]
+    reports = []
+    for argv in (
+        ["token", "inspect", token_file, *now],
+        ["token", "verify", token_file, "--jwks", keys_json, "--role-trust-policy", policy, *now],
+        ["trust-policy", "lint", policy],
+    ):
+        code, out, _ = run_cli(capsys, *argv, "-o", "json")
+        assert code == 0, out
+        reports.append(json.loads(out))
+    assert [camel_case_violations(r) for r in reports] == [[], [], []]
 
 
 def test_a_token_signed_by_another_key_does_not_verify(

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from webhook.cli import UsageError
-from webhook.cli.common import output_flag, read_file, render_findings
+from webhook.cli.common import (
+    add_output_flag,
+    output_flag,
+    print_document,
+    read_file,
+    render_findings,
+)
 from webhook.toolkit import jwks, oidc
 from webhook.toolkit.render import (
     InputError,
@@ -41,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also publish each key without kid, for tokens minted before Kubernetes 1.16",
     )
-    output_flag(keys)
+    add_output_flag(
+        keys,
+        ("json", "yaml", "text"),
+        help_text="json: the JWKS to publish as keys.json (default); text: the keys for people",
+    )
 
     discovery = sub.add_parser(
         "discovery",
@@ -68,7 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="advertise the algorithms of these keys (repeatable)",
     )
-    output_flag(discovery)
+    add_output_flag(
+        discovery,
+        ("json", "yaml", "text"),
+        help_text="json: the document to publish (default); text: what it says, for people",
+    )
 
     check = sub.add_parser(
         "check",
@@ -91,23 +107,37 @@ def load_keys(paths: list[str]) -> list[jwks.PublicKey]:
     return keys
 
 
+def _weak_key_warnings(keys: list[jwks.PublicKey], paths: list[str]) -> list[str]:
+    return [
+        f"{path}: {jwks.describe_key(key)} key; STS and `oidc check` need at least "
+        f"{oidc.MIN_RSA_BITS} bits, so tokens it signs will be refused"
+        for key, path in zip(keys, paths, strict=True)
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < oidc.MIN_RSA_BITS
+    ]
+
+
 def _keys(args: argparse.Namespace) -> int:
-    keys = load_keys(args.public_keys)
+    loaded = [(key, path) for path in args.public_keys for key in load_keys([path])]
+    keys = [key for key, _ in loaded]
+    for warning in _weak_key_warnings(keys, [path for _, path in loaded]):
+        print(f"pod-identity-webhook oidc keys: warning: {warning}", file=sys.stderr)
     document = jwks.build_jwks(keys, include_empty_kid=args.include_empty_kid)
-    print(to_json(document))
-    if args.output == "text":
-        # stdout stays a pure JWKS (so `> keys.json` works); the summary goes to stderr.
-        seen: set[str] = set()
-        for key in keys:
-            kid = jwks.key_id(key)
-            if kid not in seen:
-                seen.add(kid)
-                print(
-                    f"# kid {kid}  {jwks.describe_key(key)}, {jwks.signing_algorithm(key)}",
-                    file=sys.stderr,
-                )
-        if len(seen) < len(keys):
-            print(f"# {len(keys) - len(seen)} duplicate key(s) dropped", file=sys.stderr)
+    if args.output != "text":
+        print_document(document, args.output)
+        return 0
+    seen: set[str] = set()
+    print(f"{len(document['keys'])} key(s) in the JWKS")
+    for key, path in loaded:
+        kid = jwks.key_id(key)
+        if kid in seen:
+            print(f"  {path}: same key as above, published once")
+            continue
+        seen.add(kid)
+        print(f"  kid {kid}")
+        print(f"    {jwks.describe_key(key)}, signs {jwks.signing_algorithm(key)}, from {path}")
+    if args.include_empty_kid:
+        print("  and each key once more without kid, for tokens minted before Kubernetes 1.16")
+    print("Publish the JWKS with `-o json` (the default) as the issuer's keys.json.")
     return 0
 
 
@@ -121,7 +151,16 @@ def _discovery(args: argparse.Namespace) -> int:
         )
     except InputError as err:
         raise UsageError(str(err)) from None
-    print(to_json(document))
+    if args.output != "text":
+        print_document(document, args.output)
+        return 0
+    issuer = str(document["issuer"])
+    advertised = ", ".join(dict.fromkeys(algorithms or ["RS256"]))
+    print(f"issuer              {issuer}")
+    print(f"keys (jwks_uri)     {document['jwks_uri']}")
+    print(f"signing algorithms  {advertised}")
+    print("Publish the document with `-o json` (the default) at")
+    print(f"  {issuer.rstrip('/')}/.well-known/openid-configuration")
     return 0
 
 

@@ -160,13 +160,13 @@ class Identity:
     def to_dict(self) -> dict[str, object]:
         return {
             "namespace": self.namespace,
-            "service_account": self.service_account,
-            "service_account_uid": self.service_account_uid,
+            "serviceAccount": self.service_account,
+            "serviceAccountUid": self.service_account_uid,
             "pod": self.pod,
-            "pod_uid": self.pod_uid,
+            "podUid": self.pod_uid,
             "node": self.node,
-            "sub_namespace": self.sub_namespace,
-            "sub_service_account": self.sub_service_account,
+            "subNamespace": self.sub_namespace,
+            "subServiceAccount": self.sub_service_account,
         }
 
 
@@ -237,8 +237,8 @@ class Inspection:
             "claims": self.token.claims,
             "times": self.times(),
             "now": {"epoch": self.now, "utc": utc_time(self.now)},
-            "expires_in_seconds": self.expires_in,
-            "lifetime_seconds": self.lifetime,
+            "expiresInSeconds": self.expires_in,
+            "lifetimeSeconds": self.lifetime,
             "expired": self.expired,
             "identity": self.identity.to_dict(),
             "notes": self.notes,
@@ -414,7 +414,7 @@ class StsVerdict:
             "accepted": self.accepted,
             "error": self.error,
             "message": self.message,
-            "sts_error": self.sts_error,
+            "stsError": self.sts_error,
             "reasons": self.reasons,
             "statement": self.statement,
             "notes": self.notes,
