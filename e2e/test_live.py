@@ -383,6 +383,43 @@ def test_upstream_metric_names_exist_on_ours(live: Live, tmp_path: Path) -> None
         assert name in ours_names, f"{name} missing from our /metrics"
 
 
+def test_cache_clear_refills_service_accounts_and_the_config_map(live: Live) -> None:
+    # Upstream's informer resync re-adds everything after /debug/alpha/cache/clear; we relist.
+    ns = live.namespace()
+    live.cp.ensure_service_account(ns, "app", {"eks.amazonaws.com/role-arn": ROLE})
+    live.cp.ensure_service_account(ns, "cm-app")
+    path = f"/api/v1/namespaces/{CONFIG_NS}/configmaps"
+    live.cp.request("DELETE", f"{path}/pod-identity-webhook")
+    config = {f"{ns}/cm-app": {"RoleARN": ROLE + "-cm"}}
+    live.cp.apply(
+        path,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "pod-identity-webhook", "namespace": CONFIG_NS},
+            "data": {"config": json.dumps(config)},
+        },
+    )
+    wait_until(lambda: live.mutated_role(ns, "cm-app") == ROLE + "-cm", what="ConfigMap entry")
+    wait_until(lambda: f"{ns}/app" in _cache(live.webhook), what="SA in cache")
+    try:
+        url = f"http://127.0.0.1:{live.webhook.metrics_port}/debug/alpha/cache/clear"
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as r:
+            assert json.loads(r.read()) == {"cleared": True, "refilling": True}
+        # No pod is created meanwhile: the grace period's direct fetch would hide a missing
+        # refill for ServiceAccounts (never for the ConfigMap).
+        wait_until(lambda: f"{ns}/app" in _cache(live.webhook), timeout=10, what="relist")
+        assert _metric(live.webhook.metrics(), "pod_identity_webhook_used") == 1
+        wait_until(
+            lambda: live.mutated_role(ns, "cm-app") == ROLE + "-cm",
+            timeout=10,
+            what="ConfigMap entries back",
+        )
+        assert live.mutated_role(ns, "app") == ROLE
+    finally:
+        live.cp.request("DELETE", f"{path}/pod-identity-webhook")
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
