@@ -428,6 +428,7 @@ def test_args_are_accepted_by_the_webhook_cli(helm: str, name: str) -> None:
     assert parsed.tls_min_version == flags["tls-min-version"]
     assert parsed.verbosity == int(flags["v"])
     assert parsed.log_format == flags["log-format"]
+    assert parsed.reuse_port is ("reuse-port" in flags)
     if name == "every-flag":
         assert parsed.enable_debugging_handlers is True
         assert parsed.compose_role_arn is True
@@ -437,6 +438,9 @@ def test_args_are_accepted_by_the_webhook_cli(helm: str, name: str) -> None:
         assert parsed.service_account_lookup_grace_period == 2.0
         assert parsed.resync_period == 90.0
         assert parsed.max_request_bytes == 8388608
+        assert parsed.shutdown_delay == 3.0
+        assert parsed.shutdown_timeout == 20.0
+        assert parsed.reuse_port is True
         assert parsed.watch_container_credentials_config.endswith("/config.json")
 
 
@@ -793,6 +797,8 @@ FLAG_TABLE = [
     ("config.awsPartition", "aws-cn", "aws-partition", "aws-cn"),
     ("config.serviceAccountLookupGracePeriod", "2s", "service-account-lookup-grace-period", "2s"),
     ("config.resyncPeriod", "90s", "resync-period", "90s"),
+    ("config.shutdownDelay", "3s", "shutdown-delay", "3s"),
+    ("config.shutdownTimeout", "20s", "shutdown-timeout", "20s"),
     ("config.maxRequestBytes", "8388608", "max-request-bytes", "8388608"),
     ("config.enableDebuggingHandlers", "true", "enable-debugging-handlers", "true"),
     ("config.tlsMinVersion", "1.3", "tls-min-version", "1.3"),
@@ -878,6 +884,9 @@ def test_extra_args_and_unset_optionals(helm: str) -> None:
         "kubeconfig",
         "kube-api",
         "tls-cipher-suites",
+        "shutdown-delay",
+        "shutdown-timeout",
+        "reuse-port",
         "watch-container-credentials-config",
     ):
         assert absent not in flags

@@ -210,6 +210,12 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- with $c.resyncPeriod }}
 - {{ printf "--resync-period=%s" . | quote }}
 {{- end }}
+{{- with $c.shutdownDelay }}
+- {{ printf "--shutdown-delay=%s" . | quote }}
+{{- end }}
+{{- with $c.shutdownTimeout }}
+- {{ printf "--shutdown-timeout=%s" . | quote }}
+{{- end }}
 {{- if not (kindIs "invalid" $c.maxRequestBytes) }}
 - {{ printf "--max-request-bytes=%d" (int64 $c.maxRequestBytes) | quote }}
 {{- end }}
