@@ -107,6 +107,26 @@ def test_short_and_long_output_flags_are_the_same(
     assert capsys.readouterr().out == short
 
 
+def test_yaml_output_is_the_json_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generate = ["trust-policy", "generate", "--issuer", "https://i.example", "--account-id"]
+    generate += ["111122223333", "--namespace", "n", "--service-account", "s"]
+    assert main(generate) == 0
+    policy = tmp_path / "trust.json"
+    policy.write_text(capsys.readouterr().out)
+    for argv in (
+        generate,
+        ["trust-policy", "lint", str(policy)],
+        ["oidc", "discovery", "--issuer", "https://i.example"],
+        ["version"],
+    ):
+        main([*argv, "-o", "json"])
+        as_json = json.loads(capsys.readouterr().out)
+        main([*argv, "-o", "yaml"])
+        assert yaml.safe_load(capsys.readouterr().out) == as_json, argv
+
+
 # --- pipes ---------------------------------------------------------------------------------
 
 
@@ -168,7 +188,9 @@ def test_bash_completion_asks_the_real_parsers(
     assert words[-1] == "" or offered == expected
 
 
-@pytest.mark.parametrize(("shell", "marker"), [("zsh", "compdef"), ("fish", "complete --command pod-identity-webhook")])
+@pytest.mark.parametrize(
+    ("shell", "marker"), [("zsh", "compdef"), ("fish", "complete --command pod-identity-webhook")]
+)
 def test_zsh_and_fish_scripts_register_the_program(shell: str, marker: str) -> None:
     result = cli("completion", shell)
     assert result.returncode == 0

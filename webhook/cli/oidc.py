@@ -21,7 +21,6 @@ from webhook.toolkit.render import (
     has_errors,
     parse_json,
     summarize,
-    to_json,
 )
 
 HELP = "self-hosted OIDC issuer: JWKS from keys, discovery document, consistency check"
@@ -175,16 +174,15 @@ def _check(args: argparse.Namespace) -> int:
     except InputError as err:
         raise UsageError(str(err)) from None
     failed = has_errors(findings)
-    if args.output == "json":
-        print(
-            to_json(
-                {
-                    "ok": not failed,
-                    "issuer": args.issuer,
-                    "findings": [f.to_dict() for f in findings],
-                    "summary": summarize(findings),
-                }
-            )
+    if args.output != "text":
+        print_document(
+            {
+                "ok": not failed,
+                "issuer": args.issuer,
+                "findings": [f.to_dict() for f in findings],
+                "summary": summarize(findings),
+            },
+            args.output,
         )
     else:
         print(f"issuer {args.issuer}")

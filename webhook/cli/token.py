@@ -6,7 +6,7 @@ import argparse
 import time
 
 from webhook.cli import UsageError
-from webhook.cli.common import output_flag, read_file
+from webhook.cli.common import output_flag, print_document, read_file
 from webhook.toolkit import oidc
 from webhook.toolkit import token as tokens
 from webhook.toolkit.jwks import parse_jwks
@@ -89,8 +89,8 @@ def _inspect(args: argparse.Namespace) -> int:
         report = tokens.inspect_token(_read_token(args.token), now=_now(args))
     except InputError as err:
         raise UsageError(str(err)) from None
-    if args.output == "json":
-        print(to_json(report.to_dict()))
+    if args.output != "text":
+        print_document(report.to_dict(), args.output)
         return 0
     token = report.token
     print("header (NOT verified)")
@@ -180,8 +180,8 @@ def _verify(args: argparse.Namespace) -> int:
         )
     except InputError as err:
         raise UsageError(str(err)) from None
-    if args.output == "json":
-        print(to_json(result.to_dict()))
+    if args.output != "text":
+        print_document(result.to_dict(), args.output)
         return 0 if result.ok else 1
     identity = tokens.service_account_identity(result.token.claims)
     who = result.token.claim_str("sub") or "<no sub>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from webhook.cli import UsageError
-from webhook.cli.common import output_flag, read_file
+from webhook.cli.common import add_output_flag, output_flag, print_document, read_file
 from webhook.toolkit import trust_policy
 from webhook.toolkit.render import (
     Finding,
@@ -15,7 +15,6 @@ from webhook.toolkit.render import (
     has_errors,
     parse_json,
     summarize,
-    to_json,
 )
 
 HELP = "generate least-privilege IRSA trust policies and lint existing ones"
@@ -48,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=trust_policy.DEFAULT_AUDIENCE,
         help=f"token audience (default {trust_policy.DEFAULT_AUDIENCE})",
     )
-    output_flag(generate)
+    add_output_flag(generate, ("json", "yaml"), help_text="the policy as json (default) or yaml")
 
     lint = sub.add_parser(
         "lint",
@@ -81,7 +80,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     except InputError as err:
         raise UsageError(str(err)) from None
-    print(to_json(policy))
+    print_document(policy, args.output)
     return 0
 
 
@@ -106,19 +105,18 @@ def _lint(args: argparse.Namespace) -> int:
             results.append((path, policy.location, findings))
     everything = [f for _, _, findings in results for f in findings]
     failed = has_errors(everything)
-    if args.output == "json":
-        print(
-            to_json(
-                {
-                    "ok": not failed,
-                    "findings": [
-                        {"file": path, "location": location, **f.to_dict()}
-                        for path, location, findings in results
-                        for f in findings
-                    ],
-                    "summary": summarize(everything),
-                }
-            )
+    if args.output != "text":
+        print_document(
+            {
+                "ok": not failed,
+                "findings": [
+                    {"file": path, "location": location, **f.to_dict()}
+                    for path, location, findings in results
+                    for f in findings
+                ],
+                "summary": summarize(everything),
+            },
+            args.output,
         )
         return 1 if failed else 0
     for path, location, findings in results:
