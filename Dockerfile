@@ -1,14 +1,27 @@
-# syntax=docker/dockerfile:1
-#
 # pod-identity-webhook image.
-#   docker build --build-arg VERSION=$(python -c 'import webhook; print(webhook.__version__)') -t pod-identity-webhook .
+#
+#   podman build -t pod-identity-webhook:$(python3 -c 'import webhook; print(webhook.__version__)') .
+#   (or docker build; `make image` does this and prints how to load or push the result)
 #
 # Stage 1 builds the project's wheel and installs it, with its dependencies, into a
-# virtualenv at /opt/venv. Stage 2 is a clean python:3.12-slim with only that venv: no
-# compiler, no pip (neither the venv's nor the base image's), a numeric non-root user, and
-# nothing written at run time, so it runs with readOnlyRootFilesystem.
+# virtualenv at /opt/venv. Stage 2 is the same base with only that venv added: no compiler,
+# no pip (neither the venv's nor the base image's), a numeric non-root user, and nothing
+# written at run time, so it runs with readOnlyRootFilesystem.
+#
+# BASE_IMAGE is the official python:3.12-slim multi-arch index, pinned by digest (3.12.13 on
+# Debian trixie, as published in August 2026; re-resolve with
+# `podman pull python:3.12-slim && podman image inspect --format '{{.Digest}}' python:3.12-slim`).
+# Any image with `python3 -m venv` works: the e2e suite builds on a debootstrapped Debian
+# (python3 at /usr/bin, no pip) because no registry is reachable there.
+ARG BASE_IMAGE=docker.io/library/python:3.12-slim@sha256:229a2c5bfa27522db7815ea81f9bed70af17ccb9de9fc7ad142b1877b5830d36
 
-FROM python:3.12-slim AS builder
+FROM ${BASE_IMAGE} AS builder
+
+# Behind a TLS-intercepting proxy, pip needs the host's CA bundle: mount it into the build
+# and name it here (podman build -v /etc/ssl/certs/ca-certificates.crt:/run/ca.crt:ro
+# --build-arg PIP_CERT=/run/ca.crt). Unset by default; a builder-stage ARG never reaches
+# the final image.
+ARG PIP_CERT
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,15 +32,16 @@ WORKDIR /src
 # .dockerignore keeps the context to the package sources and project metadata.
 COPY . .
 
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install /wheels/*.whl \
- && /opt/venv/bin/python -m pip uninstall -y pip setuptools wheel \
- && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
+# The venv's own pip (from ensurepip) builds and installs, so the base needs no pip.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/python3 -m pip wheel --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/python3 -m pip install /wheels/*.whl \
+ && /opt/venv/bin/python3 -m pip uninstall -y pip setuptools wheel \
+ && /opt/venv/bin/python3 -m compileall -q /opt/venv/lib \
  && /opt/venv/bin/pod-identity-webhook --version
 
 
-FROM python:3.12-slim
+FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
 ARG SOURCE=https://github.com/pod-identity-webhook/pod-identity-webhook
@@ -38,10 +52,14 @@ LABEL org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.description="Mutating admission webhook injecting AWS IAM credentials (IRSA) into pods" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# The base image's pip is not needed at run time: remove it, its console scripts, and the
-# wheels ensurepip could reinstall it from.
-RUN python -m pip uninstall -y pip setuptools wheel \
- && rm -rf /usr/local/lib/python3*/ensurepip/_bundled /root/.cache
+# The base image's pip (if it has one) is not needed at run time: remove it, its console
+# scripts, and the wheels ensurepip or venv could reinstall it from.
+RUN if python3 -m pip --version >/dev/null 2>&1; then \
+        python3 -m pip uninstall -y pip setuptools wheel; \
+    fi \
+ && rm -rf /usr/local/bin/pip /usr/local/bin/pip3* \
+           /usr/local/lib/python3*/ensurepip/_bundled /usr/lib/python3*/ensurepip/_bundled \
+           /usr/share/python-wheels /root/.cache
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -2,11 +2,33 @@
 
     from e2e.images import build_images
     images = build_images()          # idempotent; seconds when cached
-    images.pause.ref, images.pause.archive
+    images.pause.ref, images.pause.archive    # also .base, .webhook, .demo
 
-`python -m e2e.images` builds them and prints their references and archives.
+Every `ref` is fully qualified (localhost/...) and every `archive` is a docker-archive
+that `ctr -n k8s.io images import` loads under that name. `python -m e2e.images` builds
+them and prints one `<name> <ref> <archive>` line each.
 """
 
-from e2e.images.build import PAUSE_REF, Image, Images, build_images, pause_image
+from e2e.images.build import (
+    BASE_REPO,
+    BOTOCORE_VERSION,
+    DEMO_REF,
+    PAUSE_REF,
+    WEBHOOK_REPO,
+    Image,
+    Images,
+    build_images,
+    pause_image,
+)
 
-__all__ = ["PAUSE_REF", "Image", "Images", "build_images", "pause_image"]
+__all__ = [
+    "BASE_REPO",
+    "BOTOCORE_VERSION",
+    "DEMO_REF",
+    "PAUSE_REF",
+    "WEBHOOK_REPO",
+    "Image",
+    "Images",
+    "build_images",
+    "pause_image",
+]

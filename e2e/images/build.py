@@ -11,6 +11,7 @@ archive when it does not), which takes a second or two.
 
 from __future__ import annotations
 
+import importlib
 import platform
 import shutil
 import subprocess
@@ -19,19 +20,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.images import podman
-from e2e.images.cache import cache_root, hash_key, locked
+from e2e.images import debian, podman
+from e2e.images.cache import cache_root, hash_key, locked, tree_files
 from e2e.images.host import ensure_programs
 
-__all__ = ["PAUSE_REF", "Image", "Images", "build_images", "pause_image"]
+__all__ = [
+    "BASE_REPO",
+    "BOTOCORE_VERSION",
+    "DEMO_REF",
+    "PAUSE_REF",
+    "WEBHOOK_REPO",
+    "Image",
+    "Images",
+    "build_images",
+    "pause_image",
+]
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 PAUSE_DIR = HERE / "pause"
+DEMO_DIR = HERE / "demo"
 
 PAUSE_REF = "localhost/piw-e2e/pause:3.10"
+BASE_REPO = "localhost/piw-e2e/debian-python"
+WEBHOOK_REPO = "localhost/pod-identity-webhook"
+DEMO_REF = "localhost/piw-e2e/irsa-demo:1"
+# Recent, and new enough (>= 1.31.x) for service-specific endpoints: the web-identity
+# provider's STS client honours AWS_ENDPOINT_URL_STS.
+BOTOCORE_VERSION = "1.44.8"
 
 # Bump a recipe when its build steps change in a way the hashed inputs do not show.
 PAUSE_RECIPE = "1"
+BASE_RECIPE = "1"
+WEBHOOK_RECIPE = "1"
+DEMO_RECIPE = "1"
+
+# What `podman import` gives the base image: an imported rootfs has no config of its own.
+BASE_CONFIG = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/usr/bin/python3"]',
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,9 @@ class Image:
 @dataclass(frozen=True)
 class Images:
     pause: Image
+    base: Image
+    webhook: Image
+    demo: Image
 
 
 def _log(message: str) -> None:
@@ -125,6 +157,71 @@ def _pause() -> Image:
     return _cached("pause", PAUSE_REF, key, build)
 
 
+def _base() -> Image:
+    mirror = debian.debian_mirror()
+    key = hash_key(
+        [BASE_RECIPE, debian.SUITE, mirror, platform.machine(), *debian.PACKAGES, *BASE_CONFIG],
+        [("debian.py", Path(debian.__file__))],
+    )
+    ref = f"{BASE_REPO}:{key}"
+
+    def build(work: Path) -> None:
+        tarball = debian.make_rootfs_tar(work, mirror)
+        changes = [arg for change in BASE_CONFIG for arg in ("--change", change)]
+        podman.podman("import", *changes, tarball, ref)
+
+    return _cached("base", ref, key, build)
+
+
+def _webhook_version() -> str:
+    version = importlib.import_module("webhook").__version__
+    assert isinstance(version, str)
+    return version
+
+
+def _webhook(base: Image) -> Image:
+    """The repo's Dockerfile, built on the local Debian base."""
+    version = _webhook_version()
+    ref = f"{WEBHOOK_REPO}:{version}"
+    # What the build context holds after .dockerignore: the package and its metadata.
+    inputs = [REPO / name for name in ("Dockerfile", ".dockerignore", "pyproject.toml")]
+    inputs += [p for p in (REPO / "README.md", REPO / "LICENSE") if p.exists()]
+    inputs += tree_files(REPO / "webhook")
+    key = hash_key(
+        [WEBHOOK_RECIPE, base.id, version],
+        [(str(p.relative_to(REPO)), p) for p in inputs],
+    )
+
+    def build(work: Path) -> None:
+        podman.run_build(
+            REPO,
+            ref,
+            containerfile=REPO / "Dockerfile",
+            build_args=[f"BASE_IMAGE={base.ref}", f"VERSION={version}"],
+        )
+
+    return _cached("webhook", ref, key, build)
+
+
+def _demo(base: Image) -> Image:
+    containerfile = DEMO_DIR / "Containerfile"
+    key = hash_key(
+        [DEMO_RECIPE, base.id, BOTOCORE_VERSION, _gcc_version()],
+        [("Containerfile", containerfile), ("pause.c", PAUSE_DIR / "pause.c")],
+    )
+
+    def build(work: Path) -> None:
+        _compile_pause(work)
+        podman.run_build(
+            work,
+            DEMO_REF,
+            containerfile=containerfile,
+            build_args=[f"BASE_IMAGE={base.ref}", f"BOTOCORE_VERSION={BOTOCORE_VERSION}"],
+        )
+
+    return _cached("demo", DEMO_REF, key, build)
+
+
 def pause_image() -> Image:
     """Only the pod sandbox image (what a node needs before any pod can start)."""
     with locked(cache_root()):
@@ -134,4 +231,6 @@ def pause_image() -> Image:
 def build_images() -> Images:
     """Build what is missing, make sure podman holds every image, and return them all."""
     with locked(cache_root()):
-        return Images(pause=_pause())
+        pause = _pause()
+        base = _base()
+        return Images(pause=pause, base=base, webhook=_webhook(base), demo=_demo(base))

@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 CONTAINERS_CONF = Path(__file__).resolve().parent / "containers.conf"
+# Where builds see the host's CA bundle (the Dockerfiles' PIP_CERT build argument).
+BUILD_CA_PATH = "/run/piw-build-ca.crt"
 
 
 class PodmanError(RuntimeError):
@@ -82,15 +84,35 @@ def save(ref: str, archive: Path) -> None:
     partial.rename(archive)
 
 
+def host_ca_bundle() -> Path | None:
+    """The CA bundle pip trusts on this host (a TLS-intercepting proxy's CA may be in it)."""
+    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        value = os.environ.get(name)
+        if value and Path(value).is_file():
+            return Path(value)
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    return system if system.is_file() else None
+
+
 def run_build(
     context: Path, tag: str, *, containerfile: Path | None = None, build_args: Sequence[str] = ()
 ) -> str:
     """Build `context` (its Containerfile/Dockerfile or `containerfile`) as `tag`; its image ID.
 
     The base must already be local (--pull=never: no registry is reachable), and the build
-    shares the host's network so pip reaches PyPI exactly as on the host.
+    shares the host's network and CA bundle so pip reaches PyPI exactly as on the host.
     """
-    args: list[str | Path] = ["build", "--pull=never", "--network=host", "--layers", "-t", tag]
+    args: list[str | Path] = [
+        "build",
+        "--pull=never",
+        "--network=host",
+        "--layers=false",
+        "-t",
+        tag,
+    ]
+    ca = host_ca_bundle()
+    if ca is not None:
+        args += ["-v", f"{ca}:{BUILD_CA_PATH}:ro", "--build-arg", f"PIP_CERT={BUILD_CA_PATH}"]
     if containerfile is not None:
         args += ["-f", containerfile]
     for arg in build_args:
