@@ -6,13 +6,13 @@ import pytest
 
 from webhook import __version__
 from webhook.cli import main, serve
-from webhook.cli.flags import normalize_argv, settings_from_args
+from webhook.cli.flags import settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     serve.add_arguments(parser)
-    return parser.parse_args(normalize_argv(list(argv)))
+    return parser.parse_args(serve.normalize_argv(list(argv)))
 
 
 def test_defaults_are_upstreams() -> None:
@@ -42,6 +42,55 @@ def test_defaults_are_upstreams() -> None:
     assert args.container_credentials_full_uri == "http://169.254.170.23/v1/credentials"
     assert (args.service_account_lookup_grace_period, args.resync_period) == (0.0, 60.0)
     assert args.enable_debugging_handlers is False
+
+
+def test_server_flags_of_our_own_and_their_defaults() -> None:
+    args = parse()
+    assert args.bind_address == ""  # every address, both families
+    assert args.reuse_port is False
+    assert (args.shutdown_delay, args.shutdown_timeout) == (5.0, 10.0)
+    assert (args.tls_handshake_timeout, args.read_header_timeout) == (5.0, 5.0)
+    args = parse(
+        "--reuse-port",
+        "--shutdown-delay=15s",
+        "--shutdown-timeout",
+        "1m",
+        "--tls-handshake-timeout=250ms",
+        "--read-header-timeout=2s",
+    )
+    assert args.reuse_port is True
+    assert (args.shutdown_delay, args.shutdown_timeout) == (15.0, 60.0)
+    assert (args.tls_handshake_timeout, args.read_header_timeout) == (0.25, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "strays"),
+    [
+        (("--sts-regional-endpoint", "true"), ["true"]),
+        (("--port", "8443", "extra", "--watch-config-map", "false"), ["extra", "false"]),
+        (("-v", "4", "--token-expiration", "-5"), []),
+        (("-v4", "stray"), ["stray"]),
+        (("--port=8443", "8444"), ["8444"]),
+        (("--", "--port=1"), ["--port=1"]),
+    ],
+)
+def test_stray_positional_arguments_are_collected_wherever_they_stand(
+    argv: tuple[str, ...], strays: list[str]
+) -> None:
+    assert parse(*argv).stray_arguments == strays
+
+
+def test_a_bare_boolean_followed_by_false_is_true_as_in_pflag() -> None:
+    args = parse("--sts-regional-endpoint", "false")
+    assert args.sts_regional_endpoint is True
+    assert args.stray_arguments == ["false"]
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "99999", "-1"])
+def test_ports_outside_1_to_65535_are_refused(text: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(f"--port={text}")
+    assert exc.value.code == 2
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,71 @@ def test_replayed_audit_events_use_the_default_service_account_as_admission_woul
 
 def test_missing_service_account_counter_is_exposed_from_the_start() -> None:
     assert b"\npod_identity_webhook_missing_sa_count 0.0\n" in Metrics().exposition()
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def test_histogram_bucket_bounds_are_written_as_go_writes_them() -> None:
+    metrics = Metrics()
+    metrics.observe_request("POST", "/mutate", 200, 0.002)
+    text = metrics.exposition().decode()
+    bounds = re.findall(r'http_request_latencies_bucket\{le="([^"]+)"', text)
+    # prometheus.ExponentialBuckets(125000, 2, 7) as client_golang formats them.
+    assert bounds == ["125000", "250000", "500000", "1e+06", "2e+06", "4e+06", "8e+06", "+Inf"]
+    seconds = re.findall(
+        r'pod_identity_webhook_request_duration_seconds_bucket\{le="([^"]+)"', text
+    )
+    assert seconds[-2:] == ["1", "+Inf"] and "0.00025" in seconds
+    assert '.0"' not in "".join(re.findall(r'le="[^"]*"', text))
+
+
+# -- the Kubernetes watch after an outage ---------------------------------------------------
+
+
+def test_the_watch_backoff_is_jittered_and_never_waits_more_than_3s() -> None:
+    from webhook.sources.backoff import Backoff
+
+    low, high = Backoff(jitter=lambda: 0.0), Backoff(jitter=lambda: 0.999)
+    lows = [low.next_delay() for _ in range(30)]
+    highs = [high.next_delay() for _ in range(30)]
+    assert lows[0] == pytest.approx(0.1) and highs[0] == pytest.approx(0.2, abs=0.001)
+    assert lows[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert max(highs) <= 3.0 and min(lows[10:]) >= 1.5  # capped, and still backing off
+    low.reset()
+    assert low.next_delay() == pytest.approx(0.1)
+
+
+def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_counted() -> None:
+    import threading
+
+    from webhook.sources.kube import KubeSource
+
+    source = KubeSource(IdentityStore(MutationSettings()), None, None, 60.0)  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    class Clock(threading.Event):
+        """The loop's stop event, recording each wait instead of sleeping."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(float(timeout or 0))
+            return False
+
+    source._stop = Clock()
+    outage = 40  # attempts refused while the API server is down
+
+    def once() -> None:
+        if len(waits) < outage:
+            raise ConnectionRefusedError("connection refused")
+        source._stop.set()  # back: the list and watch would run; end the test here
+
+    source._run_loop(once, "serviceaccounts")
+    assert len(waits) == outage
+    assert max(waits) <= 3.0, "a recovered API server would go unseen for too long"
+    assert source.reconnects == {"serviceaccounts": outage}
+    metrics = Metrics()
+    metrics.track_reconnects(lambda: dict(source.reconnects))
+    assert (
+        'pod_identity_webhook_kube_reconnects_total{resource="serviceaccounts"} 40.0'
+        in metrics.exposition().decode()
+    )

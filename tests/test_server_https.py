@@ -355,9 +355,18 @@ def test_v1beta1_review_is_answered_as_v1beta1(client: httpx.Client) -> None:
 # --------------------------------------------------------------------------- 3. bad input
 
 
-def test_content_type_must_be_json_charset_parameter_allowed(client: httpx.Client) -> None:
+def test_content_type_must_be_json_charset_parameter_allowed(
+    shared: Shared, client: httpx.Client
+) -> None:
     review = admission_review(pod("app"))
     assert post(client, review, {"Content-Type": "text/plain"}).status_code == 415
+    logged = wait_until(
+        lambda: [line for line in shared.server.log_lines() if "expected application/json" in line],
+        5,
+        "the 415 log line",
+    )
+    # Upstream's line, with the header as text (no Python bytes repr).
+    assert 'msg="Content-Type=text/plain, expected application/json"' in logged[-1]
     accepted = post(client, review, {"Content-Type": "application/json; charset=utf-8"})
     assert is_mutated_for_app(accepted)
 
