@@ -205,9 +205,9 @@ def test_audit_reports_pods_created_before_the_role_and_restarts_their_deploymen
         capsys,
         "--kubeconfig",
         str(cp.kubeconfig),
-        "--audit-namespace",
+        "-n",
         ns,
-        "--output",
+        "-o",
         "json",
         "--restart",
         "--yes",
@@ -242,12 +242,96 @@ def test_audit_table_output_and_clean_namespace(
     cp, ns = control_plane, namespace
     cp.ensure_service_account(ns, "app", {"eks.amazonaws.com/role-arn": ROLE})
     capsys.readouterr()
-    code = main(["audit", "--kubeconfig", str(cp.kubeconfig), "--audit-namespace", ns])
+    code = main(["audit", "--kubeconfig", str(cp.kubeconfig), "--namespace", ns])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "ServiceAccounts with a role: 1" in out
-    assert "audit-e2e-app" in out and ROLE in out
+    assert "audit-e2e-app" in out and ROLE not in out  # the ARN is in -o wide
     assert "Running pods without their role: 0 in 0 workload(s)" in out
+    code = main(["audit", "--kubeconfig", str(cp.kubeconfig), "-n", ns, "-o", "wide"])
+    assert code == 0 and ROLE in capsys.readouterr().out
+
+
+def test_audit_finds_the_cluster_like_kubectl(
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$KUBECONFIG without --kubeconfig, and --context picking the working context."""
+    cp, ns = control_plane, namespace
+    cp.ensure_service_account(ns, "app", {"eks.amazonaws.com/role-arn": ROLE})
+    config = json.loads(cp.kubeconfig.read_text())
+    real = config["contexts"][0]
+    dead_cluster = {**config["clusters"][0], "name": "dead"}
+    dead_cluster["cluster"] = {**dead_cluster["cluster"], "server": "https://127.0.0.1:1"}
+    config["clusters"].append(dead_cluster)
+    config["contexts"].append({"name": "dead", "context": {**real["context"], "cluster": "dead"}})
+    config["current-context"] = "dead"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    os.chmod(kubeconfig, 0o600)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config to fall back on
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as a fresh process
+
+    code, report = _audit(capsys, "--context", real["name"], "-n", ns, "-o", "json")
+    assert code == 0 and report["ok"] is True
+    assert [(r["namespace"], r["serviceAccount"]) for r in report["inventory"]] == [(ns, "app")]
+
+    capsys.readouterr()
+    assert main(["audit", "-n", ns, "--request-timeout", "2"]) == 2  # current-context: dead
+    assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_audit_restart_in_one_namespace_leaves_the_others_alone(
+    control_plane: ControlPlane, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-n` scopes --restart: the bug this flag fixes restarted every namespace."""
+    cp, ns = control_plane, namespace
+    other = f"{ns}-other"
+    cp.ensure_namespace(other)
+    for where in (ns, other):
+        cp.ensure_service_account(where, "app", {"eks.amazonaws.com/role-arn": ROLE})
+        deployment = _create(
+            cp,
+            f"/apis/apps/v1/namespaces/{where}/deployments",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"matchLabels": LABELS}, "template": _template()},
+            },
+        )
+        deployment.setdefault("apiVersion", "apps/v1")
+        deployment.setdefault("kind", "Deployment")
+        replica_set = _create(
+            cp,
+            f"/apis/apps/v1/namespaces/{where}/replicasets",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": "web-5d9c7b",
+                    "labels": LABELS,
+                    "ownerReferences": [_owner_ref(deployment)],
+                },
+                "spec": {"selector": {"matchLabels": LABELS}, "template": _template()},
+            },
+        )
+        replica_set.setdefault("apiVersion", "apps/v1")
+        replica_set.setdefault("kind", "ReplicaSet")
+        create_pod(cp, where, _owned_pod(replica_set))  # no webhook registered: no role
+
+    code, report = _audit(
+        capsys, "--kubeconfig", str(cp.kubeconfig), "-n", other, "-o", "json", "--restart", "--yes"
+    )
+    assert code == 1
+    assert [(r["namespace"], r["status"]) for r in report["restarts"]] == [(other, "restarted")]
+    untouched = cp.get_json(f"/apis/apps/v1/namespaces/{ns}/deployments/web")
+    annotations = untouched["spec"]["template"].get("metadata", {}).get("annotations") or {}
+    assert "kubectl.kubernetes.io/restartedAt" not in annotations
 
 
 def test_audit_unreachable_cluster_is_one_clear_line(

@@ -161,3 +161,14 @@ def test_replay_stays_quiet_unless_asked(
     logs.configure(verbosity, "text", quiet=quiet)
     logging.getLogger("webhook.test").info("an info line")
     assert ("an info line" in stream.getvalue()) is shown
+
+
+def test_troubleshooting_guide_quotes_the_reasons_the_webhook_gives() -> None:
+    from pathlib import Path
+
+    guide = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    store = store_with(plain={})
+    for account in ("ghost", "plain"):
+        reason = review(orjson.dumps(review_of(account)), store, store.settings).reason
+        documented = reason.replace(f"default/{account}", "<ns>/<sa>")
+        assert f'reason="{documented}"' in guide
