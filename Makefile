@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: run test lint typecheck layers unit e2e e2e-tools bench clean
+.PHONY: run test lint typecheck layers unit e2e e2e-tools image bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,34 @@ e2e: $(STAMP)
 		exit 0; \
 	elif [ $$status -ne 0 ]; then exit $$status; fi; \
 	PIW_E2E_TOOLS_DIR="$$tools" PIW_E2E_REQUIRED=1 $(BIN)/pytest e2e -q -p no:cacheprovider
+
+## image: build the container image with podman or docker (BASE_IMAGE=... overrides the base)
+# IMAGE names it (default localhost/pod-identity-webhook); the tag is the package version.
+# Without systemd (containers, CI VMs) podman runs with e2e/images/containers.conf.
+IMAGE ?= localhost/pod-identity-webhook
+image:
+	@set -euo pipefail; \
+	engine="$${CONTAINER_ENGINE:-$$(command -v podman || command -v docker || true)}"; \
+	[ -n "$$engine" ] || { echo "make image: install podman (apt-get install podman) or docker" >&2; exit 1; }; \
+	version="$$(sed -n 's/^__version__ = "\(.*\)"$$/\1/p' webhook/__init__.py)"; \
+	ref="$(IMAGE):$$version"; args=(--build-arg "VERSION=$$version"); \
+	if [ -n "$${BASE_IMAGE:-}" ]; then args+=(--build-arg "BASE_IMAGE=$$BASE_IMAGE"); fi; \
+	if [ "$$(basename "$$engine")" = podman ]; then \
+		[ -d /run/systemd/system ] || export CONTAINERS_CONF="$${CONTAINERS_CONF:-$(CURDIR)/e2e/images/containers.conf}"; \
+		ca=/etc/ssl/certs/ca-certificates.crt; \
+		if [ -f "$$ca" ]; then args+=(-v "$$ca:/run/piw-build-ca.crt:ro" --build-arg PIP_CERT=/run/piw-build-ca.crt); fi; \
+	fi; \
+	"$$engine" build --network=host "$${args[@]}" -t "$$ref" .; \
+	e="$$(basename "$$engine")"; save="$$e save -o pod-identity-webhook.tar"; \
+	[ "$$e" = podman ] && save="podman save --format docker-archive -o pod-identity-webhook.tar"; \
+	echo; echo "Built $$ref ($$("$$engine" image inspect --format '{{.Size}}' "$$ref") bytes) with $$e."; \
+	echo "Load it into a node's containerd (the name stays $$ref; use imagePullPolicy: Never):"; \
+	echo "  $$save $$ref"; \
+	echo "  ctr -n k8s.io images import pod-identity-webhook.tar"; \
+	echo "  (kind: kind load image-archive pod-identity-webhook.tar)"; \
+	echo "Or push it to a registry:"; \
+	echo "  $$e tag $$ref <registry>/pod-identity-webhook:$$version"; \
+	echo "  $$e push <registry>/pod-identity-webhook:$$version"
 
 ## bench: latency and throughput against the upstream Go webhook, same run, same machine
 bench: $(STAMP)
