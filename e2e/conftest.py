@@ -16,6 +16,9 @@ from kubernetes import config as k8s_config
 
 from e2e.controlplane import ControlPlane, ToolsUnavailable, tools_dir
 
+# The node suites move the process into a network namespace: `pytest e2e/node` runs them.
+collect_ignore = ["node"]
+
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Build (or find) the binaries before any test runs: a first build takes far longer

@@ -1,0 +1,73 @@
+"""pytest plugin for the single-node cluster suites.
+
+Run them as their own pytest process, because the session moves into the node's
+network namespace (`e2e/conftest.py` keeps the main e2e run from collecting them):
+
+    .venv/bin/pytest e2e/node -q -p no:cacheprovider
+
+Fixtures (session-scoped):
+  node_images  e2e.images.Images, built (or taken from the cache) before anything else
+  node         a started e2e.node.cluster.Node with every image of node_images imported
+  node_api     the node's admin kubernetes.client.ApiClient
+
+Needs root. Without it, or without the tools (no Go and no prebuilt binaries), the
+fixtures skip, unless PIW_E2E_REQUIRED=1, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s_client
+
+from e2e.controlplane import ToolsUnavailable, tools_dir
+from e2e.images import Image, Images, build_images
+from e2e.node.cluster import Node
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("PIW_E2E_REQUIRED") == "1":
+        pytest.fail(f"PIW_E2E_REQUIRED=1 but {reason}")
+    pytest.skip(f"node e2e skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def node_images() -> Images:
+    if os.geteuid() != 0:
+        _unavailable("the node needs root (network namespace, mounts, cgroups)")
+    # Before the node starts: building needs the network, the node's namespace has none.
+    return build_images()
+
+
+@pytest.fixture(scope="session")
+def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    try:
+        tools = tools_dir()
+    except ToolsUnavailable as e:
+        _unavailable(str(e))
+    # Logs in a pytest temp dir (kept for the last few runs) survive the teardown.
+    cluster = Node(
+        tools,
+        pause_archive=node_images.pause.archive,
+        pause_ref=node_images.pause.ref,
+        log_dir=tmp_path_factory.mktemp("node-logs"),
+    )
+    cluster.start()
+    try:
+        for field in dataclasses.fields(node_images):
+            image = getattr(node_images, field.name)
+            if isinstance(image, Image) and image is not node_images.pause:
+                cluster.import_image(image.archive, image.ref)
+        timings = ", ".join(f"{k} {v}s" for k, v in cluster.timings.items())
+        print(f"\nnode {cluster.run_id} up: {timings}; logs in {cluster.log_dir}")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_api(node: Node) -> k8s_client.ApiClient:
+    return node.api

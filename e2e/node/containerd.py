@@ -1,0 +1,166 @@
+"""containerd (Debian's package) with a root, state and socket of its own.
+
+The system's /var/lib/containerd and /run/containerd/containerd.sock are never used,
+so a containerd the machine may run is not disturbed and cannot interfere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+__all__ = [
+    "CNI_NETWORK",
+    "ContainerdLayout",
+    "ensure_installed",
+    "image_refs",
+    "import_image",
+    "write_config",
+]
+
+# Pods are hostNetwork and never call a CNI plugin. The runtime reports NetworkReady
+# only once it has loaded *a* network config, so one names a plugin that does not
+# exist: the node becomes Ready (no not-ready taint, so pods need no test-only
+# tolerations) and a pod that does want a pod network fails with a clear error.
+CNI_NETWORK = {
+    "cniVersion": "1.0.0",
+    "name": "piw-host-network-only",
+    "plugins": [{"type": "piw-no-pod-network"}],
+}
+_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
+
+
+def ensure_installed() -> None:
+    """Installs containerd and runc from Debian if missing (CI may be a fresh machine).
+
+    Must run before the test process enters the node's network namespace: apt needs
+    the network, and nothing routes out of that namespace.
+    """
+    missing = sorted({pkg for cmd, pkg in _PACKAGES.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+
+
+class ContainerdLayout:
+    """Paths of one containerd instance under `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.config = directory / "config.toml"
+        self.root = directory / "root"
+        self.state = directory / "state"
+        self.socket = directory / "containerd.sock"
+        self.runc_root = directory / "runc"
+        self.cni_conf_dir = directory / "cni" / "net.d"
+        self.cni_bin_dir = directory / "cni" / "bin"
+        self.snapshotter = "overlayfs"  # write_config() falls back to "native"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket}"
+
+
+def _overlay_works(probe_dir: Path) -> bool:
+    """Whether an overlay mount works on the filesystem holding `probe_dir`."""
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    dirs = {n: probe_dir / n for n in ("lower", "upper", "work", "merged")}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(dirs["merged"])],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode == 0:
+        subprocess.run(["umount", str(dirs["merged"])], check=False)
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    return mounted.returncode == 0
+
+
+def write_config(layout: ContainerdLayout, *, sandbox_image: str) -> str:
+    """Writes config.toml and the CNI config; returns the snapshotter chosen."""
+    for d in (layout.root, layout.state, layout.runc_root, layout.cni_conf_dir, layout.cni_bin_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    (layout.cni_conf_dir / "10-piw.conflist").write_text(json.dumps(CNI_NETWORK, indent=2))
+    snapshotter = "overlayfs" if _overlay_works(layout.directory / "overlay-probe") else "native"
+    layout.snapshotter = snapshotter
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    runc = f"{cri}.containerd.runtimes.runc"
+    layout.config.write_text(
+        f"""\
+version = 2
+root = "{layout.root}"
+state = "{layout.state}"
+
+[grpc]
+  address = "{layout.socket}"
+[ttrpc]
+  address = "{layout.socket}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{layout.directory / "opt"}"
+
+[{cri}]
+  sandbox_image = "{sandbox_image}"
+  # The test process lacks CAP_SYS_RESOURCE: runc could not lower the sandbox's
+  # oom_score_adj below our own, and every pod sandbox would fail to start.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  disable_apparmor = true
+[{cri}.containerd]
+  snapshotter = "{snapshotter}"
+  default_runtime_name = "runc"
+[{runc}]
+  runtime_type = "io.containerd.runc.v2"
+[{runc}.options]
+  SystemdCgroup = false
+  Root = "{layout.runc_root}"
+[{cri}.cni]
+  bin_dir = "{layout.cni_bin_dir}"
+  conf_dir = "{layout.cni_conf_dir}"
+"""
+    )
+    return snapshotter
+
+
+def _ctr(layout: ContainerdLayout, *args: str) -> str:
+    proc = subprocess.run(
+        ["ctr", f"--address={layout.socket}", "--namespace=k8s.io", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ctr {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def image_refs(layout: ContainerdLayout) -> set[str]:
+    """Image names in the CRI's (`k8s.io`) namespace."""
+    return set(_ctr(layout, "images", "ls", "--quiet").split())
+
+
+def import_image(layout: ContainerdLayout, archive: Path, ref: str | None = None) -> set[str]:
+    """Imports a docker-archive/OCI tarball; returns the names it added or re-tagged.
+
+    With `ref`, checks that this exact name is now known to the runtime (the CRI
+    looks images up by their fully qualified name, and pods use imagePullPolicy Never).
+    """
+    before = image_refs(layout)
+    output = _ctr(layout, "images", "import", f"--snapshotter={layout.snapshotter}", str(archive))
+    after = image_refs(layout)
+    named = {line.split()[1] for line in output.splitlines() if line.startswith("unpacking ")} | (
+        after - before
+    )
+    named = {n for n in named if not n.startswith("sha256:")}
+    if ref is not None and ref not in after:
+        raise RuntimeError(f"{archive} did not provide image {ref}; runtime has {sorted(after)}")
+    return named

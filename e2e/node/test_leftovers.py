@@ -1,0 +1,91 @@
+"""A killed run leaves processes, mounts, cgroups and a namespace behind; the next run's
+sweep removes all of them, and never touches a run that is still alive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.node import cgroups, cleanup
+from e2e.node.netns import NetNamespace
+from e2e.node.runs import Run, sweep_dead_runs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
+    """What a SIGKILLed run leaves: a process in its namespace, one in its cgroup, one
+    naming its state dir, a tmpfs mount, a cgroup tree and the namespace itself."""
+    run.state_dir.mkdir(parents=True)
+    ns = NetNamespace.create(run.name, ["192.0.2.10"])
+    cgroups.create(run.name)
+    pod_cgroup = cgroups.mountpoints()[0] / run.name / "kubepods" / "pod1"
+    pod_cgroup.mkdir(parents=True)
+    volume = run.state_dir / "kubelet" / "pods" / "uid" / "volumes" / "token"
+    volume.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume)], check=True)
+    in_ns = subprocess.Popen([*ns.nsenter(), "sleep", "300"], start_new_session=True)
+    in_cgroup = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (pod_cgroup / "cgroup.procs").write_text(str(in_cgroup.pid))
+    shim = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", f"{run.state_dir}/shim.sock"],
+        start_new_session=True,
+    )
+    return [in_ns, in_cgroup, shim]
+
+
+@pytest.fixture
+def dead_run(state_root: Path) -> Iterator[tuple[Run, list[subprocess.Popen[bytes]]]]:
+    run = Run(state_root)
+    procs = _leave_behind(run)
+    yield run, procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    run.try_lock()
+    run.remove_everything()
+    run.unlock()
+
+
+def test_the_sweep_removes_everything_a_dead_run_left(
+    state_root: Path, dead_run: tuple[Run, list[subprocess.Popen[bytes]]]
+) -> None:
+    run, procs = dead_run
+    assert sweep_dead_runs(state_root) == [run.id]
+    # Killed and reaped (the sweep reaps its own children, as these are here).
+    assert [p.pid for p in procs if Path(f"/proc/{p.pid}").exists()] == []
+    assert cleanup.mountpoints_under(run.state_dir) == []
+    assert not run.state_dir.exists()
+    assert [mp for mp in cgroups.mountpoints() if (mp / run.name).exists()] == []
+    assert not NetNamespace(run.name).path.exists()
+
+
+def test_the_sweep_leaves_a_live_run_alone(
+    state_root: Path, dead_run: tuple[Run, list[subprocess.Popen[bytes]]]
+) -> None:
+    run, procs = dead_run
+    live = Run(state_root, run.id)
+    assert live.try_lock()
+    try:
+        assert sweep_dead_runs(state_root) == []
+        assert [p.poll() for p in procs] == [None, None, None]
+        assert NetNamespace(run.name).path.exists()
+    finally:
+        live.unlock()
+
+
+def test_other_directories_under_the_state_root_are_not_runs(state_root: Path) -> None:
+    (state_root / "logs" / "abc123").mkdir(parents=True)
+    (state_root / "not-a-run").mkdir()
+    assert sweep_dead_runs(state_root) == []
+    assert sorted(p.name for p in state_root.iterdir()) == ["logs", "not-a-run"]
