@@ -188,6 +188,23 @@ def test_bash_completion_asks_the_real_parsers(
     assert words[-1] == "" or offered == expected
 
 
+@pytest.mark.skipif(shutil.which("fish") is None, reason="needs fish")
+def test_fish_completion_asks_the_real_parsers(tmp_path: Path) -> None:
+    shim = tmp_path / "pod-identity-webhook"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m webhook "$@"\n')
+    shim.chmod(0o755)
+    probe = (
+        "pod-identity-webhook completion fish | source; "
+        'complete -C "pod-identity-webhook rep"; complete -C "pod-identity-webhook audit -o w"'
+    )
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["fish", "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    offered = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert offered == ["replay", "wide"]
+
+
 @pytest.mark.parametrize(
     ("shell", "marker"), [("zsh", "compdef"), ("fish", "complete --command pod-identity-webhook")]
 )
