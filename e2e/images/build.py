@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ DEMO_REF = "localhost/piw-e2e/irsa-demo:1"
 # Recent, and new enough (>= 1.31.x) for service-specific endpoints: the web-identity
 # provider's STS client honours AWS_ENDPOINT_URL_STS.
 BOTOCORE_VERSION = "1.44.8"
+
+# Cache entries kept per image name (the newest by last use).
+KEEP_PER_NAME = 2
 
 # Bump a recipe when its build steps change in a way the hashed inputs do not show.
 PAUSE_RECIPE = "1"
@@ -87,35 +91,71 @@ def _log(message: str) -> None:
 def _cached(name: str, ref: str, key: str, build: Callable[[Path], None]) -> Image:
     """The image `ref` for `key`: from the cache, else made by `build(workdir)` and saved.
 
-    `build` leaves `ref` in podman's storage; its archive and ID are then kept under
-    <cache>/<name>-<key>/. Callers hold the cache lock.
+    `build` leaves `ref` in podman's storage; its archive, ref and ID are then kept under
+    <cache>/<name>-<key>/, and older entries of the same name are pruned.
     """
-    entry = cache_root() / f"{name}-{key}"
-    archive = entry / "image.tar"
-    id_file = entry / "image-id"
-    if archive.exists() and id_file.exists():
-        want = id_file.read_text().strip()
-        if podman.image_id(ref) != want:
-            _log(f"loading {ref} from {archive}")
-            podman.podman("load", "-q", "-i", archive)
+    root = cache_root()
+    with locked(root / f".{name}.lock"):
+        entry = root / f"{name}-{key}"
+        archive, id_file = entry / "image.tar", entry / "image-id"
+        if archive.exists() and id_file.exists():
+            want = id_file.read_text().strip()
             if podman.image_id(ref) != want:
-                raise podman.PodmanError(f"{archive} did not load as {ref} ({want})")
-        return Image(ref=ref, archive=archive, id=want)
+                _log(f"loading {ref} from {archive}")
+                podman.podman("load", "-q", "-i", archive)
+                if podman.image_id(ref) != want:
+                    raise podman.PodmanError(f"{archive} did not load as {ref} ({want})")
+            id_file.touch()  # recently used: kept by _prune
+            _prune(root, name)
+            return Image(ref=ref, archive=archive, id=want)
 
-    work = entry.with_name(f".{entry.name}.work")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    _log(f"building {ref} (key {key})")
-    build(work)
-    built = podman.image_id(ref)
-    if built is None:
-        raise podman.PodmanError(f"building {name} did not leave {ref} in podman's storage")
-    entry.mkdir(parents=True, exist_ok=True)
-    podman.save(ref, archive)
-    # Last: the ID file marks the entry complete.
-    id_file.write_text(built + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    return Image(ref=ref, archive=archive, id=built)
+        previous = podman.image_id(ref)
+        work = root / f".{entry.name}.work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        _log(f"building {ref} (key {key})")
+        started = time.monotonic()
+        build(work)
+        built = podman.image_id(ref)
+        if built is None:
+            raise podman.PodmanError(f"building {name} did not leave {ref} in podman's storage")
+        entry.mkdir(parents=True, exist_ok=True)
+        podman.save(ref, archive)
+        (entry / "ref").write_text(ref + "\n")
+        # Last: the ID file marks the entry complete.
+        id_file.write_text(built + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        _log(f"built {ref} in {time.monotonic() - started:.0f}s")
+        if previous is not None and previous != built:
+            _remove_image(previous)  # the tag moved; the old image would only take space
+        _prune(root, name)
+        return Image(ref=ref, archive=archive, id=built)
+
+
+def _remove_image(ref_or_id: str) -> None:
+    try:
+        podman.podman("rmi", ref_or_id)
+    except podman.PodmanError:
+        pass  # still tagged elsewhere or used by a container: leave it
+
+
+def _prune(root: Path, name: str) -> None:
+    """Keep the KEEP_PER_NAME most recently used entries of `name` (a webhook archive is
+    ~340 MB and every source change makes one); drop the rest and their images."""
+    for stale in root.glob(f".{name}-*.work"):
+        shutil.rmtree(stale, ignore_errors=True)  # a build that died; we hold the lock
+    entries = sorted(
+        (e for e in root.glob(f"{name}-*") if (e / "image-id").exists()),
+        key=lambda e: (e / "image-id").stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[KEEP_PER_NAME:]:
+        ref_file = old / "ref"
+        if ref_file.exists():
+            ref = ref_file.read_text().strip()
+            if podman.image_id(ref) == (old / "image-id").read_text().strip():
+                _remove_image(ref)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _gcc_version() -> str:
@@ -224,13 +264,11 @@ def _demo(base: Image) -> Image:
 
 def pause_image() -> Image:
     """Only the pod sandbox image (what a node needs before any pod can start)."""
-    with locked(cache_root()):
-        return _pause()
+    return _pause()
 
 
 def build_images() -> Images:
     """Build what is missing, make sure podman holds every image, and return them all."""
-    with locked(cache_root()):
-        pause = _pause()
-        base = _base()
-        return Images(pause=pause, base=base, webhook=_webhook(base), demo=_demo(base))
+    pause = _pause()
+    base = _base()
+    return Images(pause=pause, base=base, webhook=_webhook(base), demo=_demo(base))

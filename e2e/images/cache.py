@@ -50,10 +50,10 @@ def hash_key(parts: Iterable[str], files: Iterable[tuple[str, Path]] = ()) -> st
 
 
 @contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Hold the cache's build lock (blocking) for the body."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as fh:
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (blocking) for the body."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
