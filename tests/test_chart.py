@@ -739,8 +739,9 @@ def test_webhook_and_metrics_ports_must_differ(helm: str) -> None:
 # --------------------------------------------------------------------------- rollouts
 
 
-def test_rollouts_keep_serving_while_pods_terminate(helm: str) -> None:
-    objs = render(helm, kube_version="1.37.2")
+@pytest.mark.parametrize("kube_version", ["1.30.0", "1.31.2-eks-1552ad0", "1.37.2"])
+def test_rollouts_keep_serving_while_pods_terminate(helm: str, kube_version: str) -> None:
+    objs = render(helm, kube_version=kube_version)
     spec = one(objs, "Deployment")["spec"]
     assert spec["strategy"] == {
         "type": "RollingUpdate",
@@ -762,9 +763,10 @@ def test_pre_stop_delay_is_configurable_and_can_be_turned_off(helm: str) -> None
     assert "lifecycle" not in container(render(helm, "preStopDelaySeconds=0"))
 
 
-def test_pre_stop_runs_python_before_the_sleep_action_exists(helm: str) -> None:
+@pytest.mark.parametrize("kube_version", ["1.29.4", "1.28.15-eks-7f9249a"])
+def test_pre_stop_runs_python_before_the_sleep_action_exists(helm: str, kube_version: str) -> None:
     """Before 1.30 the API server drops `sleep`; the image has Python but no shell."""
-    ctr = container(render(helm, "preStopDelaySeconds=1", kube_version="1.29.4"))
+    ctr = container(render(helm, "preStopDelaySeconds=1", kube_version=kube_version))
     command = ctr["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:2] == ["python3", "-c"]
     started = time.monotonic()
