@@ -420,6 +420,45 @@ def test_cache_clear_refills_service_accounts_and_the_config_map(live: Live) -> 
         live.cp.request("DELETE", f"{path}/pod-identity-webhook")
 
 
+def test_a_pod_our_patch_would_break_is_stored_and_the_client_is_warned(live: Live) -> None:
+    ns = live.namespace()
+    live.cp.ensure_service_account(ns, "app", {"eks.amazonaws.com/role-arn": ROLE})
+    wait_until(lambda: live.mutated_role(ns, "app") == ROLE, what="SA in cache")
+    token_dir = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+    pod = simple_pod(
+        "app",
+        containers=[
+            {
+                "name": "app",
+                "image": "registry.k8s.io/pause:3.10",
+                "volumeMounts": [{"name": "own", "mountPath": token_dir}],
+            }
+        ],
+        volumes=[{"name": "own", "emptyDir": {}}],
+    )
+    pod["metadata"]["annotations"] = {"eks.amazonaws.com/token-expiration": "9999999999"}
+    req = urllib.request.Request(
+        f"{live.cp.url}/api/v1/namespaces/{ns}/pods",
+        data=json.dumps(pod).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    ctx = ssl.create_default_context(cafile=str(live.cp.ca_file))
+    ctx.load_cert_chain(str(live.cp.admin_cert_file), str(live.cp.admin_key_file))
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+        assert resp.status == 201
+        stored = json.loads(resp.read())
+        warnings = resp.headers.get_all("Warning") or []
+    assert stored["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "own", "mountPath": token_dir}
+    ]
+    token = stored["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["expirationSeconds"] == 2**32
+    assert len(warnings) == 2, warnings
+    assert any("already mounts volume 'own'" in w for w in warnings)
+    assert any("9999999999" in w for w in warnings)
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
