@@ -158,6 +158,14 @@ class TestCacheClearRefills:
         assert patch_of(respond(admission_review(pod()), store))
         assert patch_of(respond(admission_review(pod(sa="cm")), store))
 
+    def test_used_stays_true_through_a_clear_and_is_false_before_any_account(self) -> None:
+        store = IdentityStore(MutationSettings())
+        assert store.used is False
+        store.put_service_account("default", "app", None)
+        assert store.used is True
+        store.clear()
+        assert store.service_account_count == 0 and store.used is True
+
     def test_an_objects_source_reloads_its_files(self, tmp_path: Path) -> None:
         objects = tmp_path / "objects.yaml"
         objects.write_text(

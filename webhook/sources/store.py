@@ -46,6 +46,7 @@ class IdentityStore:
         self._replace_lock = threading.Lock()
         self._refills: list[tuple[str, Refill]] = []
         self._refill_lock = threading.Lock()
+        self._used = False
 
     # -- reads (hot path) -------------------------------------------------------------------
 
@@ -63,6 +64,12 @@ class IdentityStore:
     @property
     def service_account_count(self) -> int:
         return len(self._service_accounts)
+
+    @property
+    def used(self) -> bool:
+        """`pod_identity_webhook_used`: a ServiceAccount has been seen. Like upstream's gauge it
+        is never reset, so a cache clear (emptied, then refilled) does not make it blink."""
+        return self._used or bool(self._service_accounts)
 
     @property
     def identity_count(self) -> int:
@@ -159,6 +166,7 @@ class IdentityStore:
         stall the caller, usually the event loop); the thread is returned for tests.
         """
         with self._write_lock:
+            self._used = self.used
             self._service_accounts = {}
         self._config_map = EMPTY_INDEX
         if not self._refills:
