@@ -134,7 +134,8 @@ def add_mutation_flags(
         group,
         "watch-config-map",
         False,
-        "Use the pod-identity-webhook ConfigMap in --namespace as well as annotations",
+        f"Use the pod-identity-webhook ConfigMap in {config_map_namespace_flag} as well as "
+        "annotations",
     )
     bool_flag(
         group,
