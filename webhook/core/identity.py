@@ -62,12 +62,6 @@ def parse_expiration(raw: str | None) -> int | None:
         return None
 
 
-def expiration_override(raw: str | None, fallback: int) -> int:
-    """An annotation's expiration, clamped; absent or unparsable keeps the previous level."""
-    requested = parse_expiration(raw)
-    return fallback if requested is None else clamp_expiration(requested)
-
-
 def empty_audience_warning(origin: str, default: str) -> str:
     # An empty audience makes the API server issue a token for its own audience, which STS
     # refuses ("Incorrect token audience"); upstream passes it through.
