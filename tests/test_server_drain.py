@@ -68,8 +68,10 @@ def closed_by_server(conn: http.client.HTTPSConnection) -> bool:
     return bool(select.select([conn.sock], [], [], 0)[0])
 
 
-def review_on(conn: http.client.HTTPSConnection) -> http.client.HTTPResponse:
-    conn.request("POST", "/mutate", body=REVIEW, headers=JSON)
+def review_on(
+    conn: http.client.HTTPSConnection, headers: dict[str, str] = JSON
+) -> http.client.HTTPResponse:
+    conn.request("POST", "/mutate", body=REVIEW, headers=headers)
     reply = conn.getresponse()
     body = reply.read()
     assert reply.status == 200, body
@@ -225,8 +227,9 @@ def test_sigterm_lets_large_finished_answers_drain_to_slow_clients(
 
 @dataclass
 class Load:
-    """Reviews from threads, each on keep-alive connections reopened when the server says
-    close (as the API server's pool does), counting failures of any kind."""
+    """Reviews from threads counting failures of any kind: half on keep-alive connections
+    reopened when the server says close (as the API server's pool does), half on a new
+    connection for every review (the moment a listener closes is the risky one)."""
 
     port: int
     ca_pem: bytes
@@ -237,14 +240,14 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
     workers: list[threading.Thread] = field(default_factory=list)
 
-    def _run(self) -> None:
+    def _run(self, headers: dict[str, str]) -> None:
         ctx = client_context(self.ca_pem)
         conn: http.client.HTTPSConnection | None = None
         while not self.stop.is_set():
             if conn is None:
                 conn = http.client.HTTPSConnection(HOST, self.port, context=ctx, timeout=10)
             try:
-                reply = review_on(conn)
+                reply = review_on(conn, headers)
             except Exception as err:
                 with self.lock:
                     self.failures.append(repr(err))
@@ -260,8 +263,9 @@ class Load:
             conn.close()
 
     def start(self) -> None:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
+        for number in range(self.threads):
+            headers = JSON if number % 2 else {**JSON, "Connection": "close"}
+            worker = threading.Thread(target=self._run, args=(headers,), daemon=True)
             worker.start()
             self.workers.append(worker)
 

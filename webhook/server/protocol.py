@@ -46,15 +46,24 @@ class _Completed:
 _COMPLETED: Any = _Completed()
 
 
-def kernel_unsent(fd: int) -> int:
-    """Bytes the kernel still holds for the peer (unsent or unacknowledged); 0 if unknown."""
+def _queued(fd: int, request: int) -> int:
     if fd < 0:
         return 0
     try:
-        (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))
+        (count,) = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))
         return int(count)
     except OSError:
         return 0
+
+
+def kernel_unsent(fd: int) -> int:
+    """Bytes the kernel still holds for the peer (unsent or unacknowledged); 0 if unknown."""
+    return _queued(fd, termios.TIOCOUTQ)
+
+
+def kernel_unread(fd: int) -> int:
+    """Bytes the peer sent that the event loop has not read yet; 0 if unknown."""
+    return _queued(fd, termios.FIONREAD)
 
 
 class WebhookProtocol(HttpToolsProtocol):
@@ -83,8 +92,15 @@ class WebhookProtocol(HttpToolsProtocol):
 
     @property
     def busy(self) -> bool:
-        """A request is being read or answered (or waits in the pipeline)."""
-        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+        """A request is expected (a new connection), arriving (bytes the loop has not read
+        yet), being read or answered, or waiting in the pipeline: only a connection between
+        two requests is idle, and only an idle one may be closed."""
+        return (
+            self.head_deadline is not None
+            or bool(self.pipeline)
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or kernel_unread(self._fd) > 0
+        )
 
     def unsent_bytes(self) -> int:
         return self.transport.get_write_buffer_size() + kernel_unsent(self._fd)
