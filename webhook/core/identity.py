@@ -64,7 +64,7 @@ def parse_expiration(raw: str | None) -> int | None:
 
 def empty_audience_warning(origin: str, default: str) -> str:
     # An empty audience makes the API server issue a token for its own audience, which STS
-    # refuses ("Incorrect token audience"); upstream passes it through.
+    # refuses ("Incorrect token audience"); upstream omits the field and gets exactly that.
     return (
         f"{origin} is empty; the token gets the default audience {default!r} "
         "(--token-audience), as if it were not set"
