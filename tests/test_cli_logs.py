@@ -1,17 +1,23 @@
 """Decision logs an operator can act on: every denial by default, upstream's lines at -v=3."""
 
+import asyncio
 import base64
 import io
 import json
 import sys
 from collections.abc import Callable, Iterator
 
+import httpx
 import jsonpatch
 import orjson
 import pytest
 
 from webhook.cli import logs
-from webhook.review import PendingReview, finish_review, parse_review, review
+from webhook.core.identity import Lookup
+from webhook.review import review
+from webhook.server.app import WebhookContext, create_webhook_app
+from webhook.server.grace import GraceLookup
+from webhook.server.metrics import Metrics
 from webhook.sources.store import IdentityStore
 
 from .builders import ROLE, admission_review, container, pod, store_with
@@ -136,18 +142,34 @@ def test_v4_logs_one_line_per_review_and_never_a_token(logged: Logged) -> None:
     assert not any(token in line for line in lines)
 
 
-def test_an_internal_error_names_the_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    store = store_with(app={"eks.amazonaws.com/role-arn": ROLE})
-    pending = parse_review(orjson.dumps(review_of("app", name="web-9")))
+class _BrokenLookup(GraceLookup):
+    async def lookup(self, namespace: str, service_account: str) -> Lookup:
+        raise RuntimeError("simulated bug")
 
-    def explode(*_: object) -> None:
-        raise RuntimeError("bug")
 
-    monkeypatch.setattr("webhook.review.plan_mutation", explode)
-    assert isinstance(pending, PendingReview)
-    with pytest.raises(RuntimeError) as caught:
-        finish_review(pending, store.lookup("default", "app"), store.settings)
-    assert "Pod=web-9, ServiceAccount=app, Namespace=default" in "".join(caught.value.__notes__)
+def test_an_error_answer_is_one_line_naming_the_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure(0, "text")
+    store = store_with()
+    ctx = WebhookContext(store.settings, store, _BrokenLookup(store, 0, None), Metrics(), bool)
+    body = admission_review(pod(sa="app", metadata={"name": "web-9"}), namespace="shop")
+
+    async def post() -> int:
+        transport = httpx.ASGITransport(app=create_webhook_app(ctx))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.post("/mutate", json=body)).status_code
+
+    assert asyncio.run(post()) == 500
+    ours = [line for line in stream.getvalue().splitlines() if "logger=httpx" not in line]
+    (line,) = ours  # the traceback is escaped into the line
+    assert "level=error" in line
+    assert 'msg="Pod review failed. Reason: internal error: simulated bug.' in line
+    assert "Pod=web-9, ServiceAccount=app, Namespace=shop" in line
+    assert " pod=web-9 namespace=shop serviceAccount=app " in line
+    assert "Traceback" in line and "simulated bug" in line
 
 
 @pytest.mark.parametrize(("verbosity", "quiet", "shown"), [(0, True, False), (1, True, True)])

@@ -141,17 +141,31 @@ def log_decision(outcome: Outcome, subject: str = "Pod") -> None:
 
 
 def _name_the_pod(outcome: Outcome, body: bytes) -> None:
-    """Best effort: who a denied request was for (denials are rare; parse the body again)."""
+    """Best effort: who a request was for, when answering it went wrong (rare: parse again)."""
     try:
         request = orjson.loads(body).get("request") or {}
         pod = request.get("object") or {}
         meta = pod.get("metadata") or {}
         spec = pod.get("spec") or {}
+        outcome.uid = _string(request.get("uid"))
         outcome.namespace = _string(request.get("namespace"))
         outcome.pod_name = _string(meta.get("name") or meta.get("generateName"))
         outcome.service_account = _string(spec.get("serviceAccountName"))
     except (orjson.JSONDecodeError, AttributeError):
         pass
+
+
+def log_internal_error(body: bytes, error: BaseException) -> None:
+    """The server answers 500 for a bug; one error line says for which pod, with the traceback."""
+    failed = Outcome(b"", allowed=False, reason=f"internal error: {error}")
+    _name_the_pod(failed, body)
+    log.error(
+        "Pod review failed. Reason: %s. %s",
+        failed.reason,
+        _context(failed),
+        exc_info=error,
+        extra={"fields": _fields(failed)},
+    )
 
 
 def _logged_parse(
@@ -177,15 +191,7 @@ def _logged_finish(finish: _Finish) -> _Finish:
     def finish_and_log(
         pending: PendingReview, lookup: Lookup, settings: MutationSettings
     ) -> Outcome:
-        try:
-            outcome = finish(pending, lookup, settings)
-        except Exception as err:
-            # The server logs the error and answers 500; the note says which pod it was.
-            err.add_note(
-                f"while reviewing Pod={pending.pod_name}, "
-                f"ServiceAccount={pending.service_account}, Namespace={pending.namespace}"
-            )
-            raise
+        outcome = finish(pending, lookup, settings)
         log_decision(outcome)
         return outcome
 

@@ -14,7 +14,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from webhook.core.settings import MutationSettings
-from webhook.review import Outcome, PendingReview, finish_review, parse_review, reject
+from webhook.review import (
+    Outcome,
+    PendingReview,
+    finish_review,
+    log_internal_error,
+    parse_review,
+    reject,
+)
 from webhook.server.grace import GraceLookup
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 from webhook.sources.store import IdentityStore
@@ -137,7 +144,7 @@ class MutateEndpoint:
             except Exception as err:  # a bug must never take the server down
                 # A 500 lets the API server apply the configured failurePolicy; an answer
                 # built without the request's uid and version would be rejected anyway.
-                log.exception("review failed")
+                log_internal_error(body, err)
                 status = 500
                 await _send(send, 500, f"internal error while reviewing: {err}\n".encode(), _TEXT)
                 return
