@@ -279,3 +279,103 @@ def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_count
         'pod_identity_webhook_kube_reconnects_total{resource="serviceaccounts"} 40.0'
         in metrics.exposition().decode()
     )
+
+
+class _OutageAPI:
+    """Just enough of the API server for the ServiceAccount list and watch, which can go
+    away (listener and open watches cut) and come back on the same port."""
+
+    def __init__(self) -> None:
+        self.accounts: list[str] = ["app"]
+        self.port = 0
+        self._open: set[Any] = set()
+        self._server: Any = None
+
+    def _handler(self) -> Any:
+        from http.server import BaseHTTPRequestHandler
+
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "watch=true" in self.path:  # nothing changes: hold it open until cut
+                    api._open.add(self.connection)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.flush()
+                    self.connection.recv(1)  # returns once the outage cuts the socket
+                    return
+                items = [
+                    {"metadata": {"namespace": "default", "name": name, "resourceVersion": "1"}}
+                    for name in api.accounts
+                ]
+                body = json.dumps({"metadata": {"resourceVersion": "1"}, "items": items}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def up(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        import socket
+
+        self._server.shutdown()
+        self._server.server_close()
+        for conn in list(self._open):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._open.clear()
+
+
+def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds() -> None:
+    import time
+
+    from webhook.sources.kube import KubeSource
+
+    api = _OutageAPI()
+    api.up()
+    store = IdentityStore(MutationSettings())
+    source = KubeSource.connect(
+        store,
+        kubeconfig="",
+        api_url=f"http://127.0.0.1:{api.port}",
+        config_map_namespace=None,
+        resync_seconds=60,
+    )
+    source.start()
+    try:
+        wait_until(source.synced, 10, "the first list")
+        api.down()
+        time.sleep(12)  # long enough for a 30s-capped exponential backoff to reach ~10s steps
+        api.accounts.append("created-during-the-outage")
+        api.up()
+        back = time.monotonic()
+        wait_until(
+            lambda: store.lookup("default", "created-during-the-outage").service_account,
+            10,
+            "the ServiceAccount created during the outage",
+        )
+        assert time.monotonic() - back < 4.5, "the watch came back too late after the outage"
+        assert source.reconnects["serviceaccounts"] >= 4  # counted for the metric
+    finally:
+        source.stop()
+        api.down()
