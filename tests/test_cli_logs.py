@@ -6,6 +6,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import jsonpatch
@@ -194,3 +195,50 @@ def test_troubleshooting_guide_quotes_the_reasons_the_webhook_gives() -> None:
         reason = review(orjson.dumps(review_of(account)), store, store.settings).reason
         documented = reason.replace(f"default/{account}", "<ns>/<sa>")
         assert f'reason="{documented}"' in guide
+
+
+@pytest.mark.parametrize("verbosity", [0, 3])
+def test_serve_logs_as_configured_at_each_verbosity(tmp_path: Path, verbosity: int) -> None:
+    """The real process: -v=0 logs the denial only, -v=3 adds upstream's mutation line."""
+    from tests.serverproc import (
+        make_certs,
+        running_webhook,
+        service_account,
+        wait_until,
+        write_objects,
+    )
+
+    certs = make_certs(tmp_path / "certs")
+    objects = tmp_path / "objects.json"
+    write_objects(
+        objects,
+        [service_account("app", annotations={"eks.amazonaws.com/role-arn": ROLE}),
+         service_account("plain")],
+    )  # fmt: skip
+    with running_webhook(
+        tls_cert=certs.tls_cert,
+        tls_key=certs.tls_key,
+        ca_pem=certs.ca.cert_pem,
+        objects=objects,
+        log_path=tmp_path / "server.log",
+        extra_args=(f"-v={verbosity}",),
+    ) as server:
+        with server.client() as client:
+            for body in (
+                review_of("app", name="web-1"),
+                review_of("plain", name="web-2"),
+                admission_review(pod(container(env="x"), sa="app", metadata={"name": "web-3"})),
+            ):
+                assert client.post("/mutate", json=body).status_code == 200
+
+        def review_lines() -> list[str] | None:
+            lines = [line for line in server.log_lines() if "logger=webhook.review" in line]
+            # The denial answers the last request: once it is there, so is every earlier line.
+            return lines if any("Pod was denied" in line for line in lines) else None
+
+        lines = wait_until(review_lines, 5, "the denial's log line")
+    denied = [line for line in lines if "Pod was denied" in line]
+    mutated = [line for line in lines if "Pod was mutated" in line]
+    assert len(denied) == 1 and "Pod=web-3, ServiceAccount=app, Namespace=default" in denied[0]
+    assert len(mutated) == (1 if verbosity == 3 else 0)
+    assert len(lines) == len(denied) + len(mutated)  # the pod without a role is -v=4 only
