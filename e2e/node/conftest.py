@@ -25,7 +25,9 @@ from kubernetes import client as k8s_client
 
 from e2e.controlplane import ToolsUnavailable, tools_dir
 from e2e.images import Image, Images, build_images
+from e2e.node import summary
 from e2e.node.cluster import Node
+from e2e.node.walkthrough import Release, install_webhook, uninstall_webhook
 
 
 def _unavailable(reason: str) -> None:
@@ -71,3 +73,29 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="session")
 def node_api(node: Node) -> k8s_client.ApiClient:
     return node.api
+
+
+@pytest.fixture(scope="session")
+def release(node: Node, node_images: Images) -> Iterator[Release]:
+    """The chart installed as the README says (default self-signed TLS, the built image),
+    with host networking and the walkthrough's flags; uninstalled at the end."""
+    installed = install_webhook(node, node_images)
+    try:
+        yield installed
+    finally:
+        uninstall_webhook(node, installed)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = summary.lines()
+    if lines:
+        terminalreporter.section("node e2e summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The first test of a session also pays for the node, the images and a helm install.
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(900))
