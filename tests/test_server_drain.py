@@ -301,3 +301,31 @@ def test_reuse_port_lets_two_servers_share_a_port_and_one_drain_while_the_other_
         load.finish()
     assert load.failures == []
     assert metric_value(second, "http_request_count", 'path="/mutate"') > 0
+
+
+# --------------------------------------------------------------------------- the kernel's view
+
+
+def test_the_kernel_queues_tell_an_answer_arrived_and_a_request_is_coming() -> None:
+    from webhook.server.protocol import kernel_unread, kernel_unsent
+
+    with socket.create_server((HOST, 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+        with client, server_side:
+            client.sendall(b"POST /mutate HTTP/1.1\r\n")  # a request on its way in
+            wait_until(lambda: kernel_unread(server_side.fileno()) == 23, 2, "the bytes to land")
+            server_side.setblocking(False)
+            sent = 0
+            try:
+                while True:  # an answer larger than every buffer on the way, unread
+                    sent += server_side.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+            assert kernel_unsent(server_side.fileno()) > 0
+            received = 0
+            while received < sent:
+                received += len(client.recv(1 << 20))
+            wait_until(
+                lambda: kernel_unsent(server_side.fileno()) == 0, 2, "every byte acknowledged"
+            )

@@ -46,8 +46,13 @@ class _Completed:
 _COMPLETED: Any = _Completed()
 
 
-def _queued(fd: int, request: int) -> int:
-    if fd < 0:
+# Linux names; where an ioctl is missing the kernel's queues are taken as empty.
+_UNSENT_IOCTL: int | None = getattr(termios, "TIOCOUTQ", None)
+_UNREAD_IOCTL: int | None = getattr(termios, "FIONREAD", None)
+
+
+def _queued(fd: int, request: int | None) -> int:
+    if fd < 0 or request is None:
         return 0
     try:
         (count,) = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))
@@ -58,12 +63,12 @@ def _queued(fd: int, request: int) -> int:
 
 def kernel_unsent(fd: int) -> int:
     """Bytes the kernel still holds for the peer (unsent or unacknowledged); 0 if unknown."""
-    return _queued(fd, termios.TIOCOUTQ)
+    return _queued(fd, _UNSENT_IOCTL)
 
 
 def kernel_unread(fd: int) -> int:
     """Bytes the peer sent that the event loop has not read yet; 0 if unknown."""
-    return _queued(fd, termios.FIONREAD)
+    return _queued(fd, _UNREAD_IOCTL)
 
 
 class WebhookProtocol(HttpToolsProtocol):
