@@ -73,21 +73,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_TIMEOUTS.shutdown_delay,
         metavar="DURATION",
         help="(new) After SIGTERM, keep serving this long with /readyz failing and "
-        "`Connection: close` on every answer, before the listeners close",
+        f"`Connection: close` on every answer, before the listeners close "
+        f"(default {_TIMEOUTS.shutdown_delay:g}s)",
     )
     server.add_argument(
         "--shutdown-timeout",
         type=flags.go_duration,
         default=_TIMEOUTS.shutdown_timeout,
         metavar="DURATION",
-        help="(new) Then wait up to this long for in-flight reviews and unsent answers",
+        help="(new) Then wait up to this long for in-flight reviews and unsent answers "
+        f"(default {_TIMEOUTS.shutdown_timeout:g}s)",
     )
     server.add_argument(
         "--tls-handshake-timeout",
         type=flags.go_duration,
         default=_TIMEOUTS.tls_handshake,
         metavar="DURATION",
-        help="(new) Close connections that have not completed a TLS handshake by then",
+        help="(new) Close connections that have not completed a TLS handshake by then "
+        f"(default {_TIMEOUTS.tls_handshake:g}s)",
     )
     server.add_argument(
         "--read-header-timeout",
@@ -95,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_TIMEOUTS.read_header,
         metavar="DURATION",
         help="(new) Close connections that have not sent a complete request head by then "
-        "(Go's ReadHeaderTimeout; idle keep-alive connections wait longer)",
+        f"(default {_TIMEOUTS.read_header:g}s; Go's ReadHeaderTimeout; idle keep-alive "
+        "connections wait longer)",
     )
     server.add_argument(
         "--tls-cert",
