@@ -100,11 +100,14 @@ def _cached(name: str, ref: str, key: str, build: Callable[[Path], None]) -> Ima
         archive, id_file = entry / "image.tar", entry / "image-id"
         if archive.exists() and id_file.exists():
             want = id_file.read_text().strip()
-            if podman.image_id(ref) != want:
+            present = podman.image_id(ref)
+            if present != want:
                 _log(f"loading {ref} from {archive}")
                 podman.podman("load", "-q", "-i", archive)
                 if podman.image_id(ref) != want:
                     raise podman.PodmanError(f"{archive} did not load as {ref} ({want})")
+                if present is not None:
+                    _remove_image(present)  # another cache's build held the tag
             id_file.touch()  # recently used: kept by _prune
             _prune(root, name)
             return Image(ref=ref, archive=archive, id=want)
