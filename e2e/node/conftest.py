@@ -17,7 +17,9 @@ fixtures skip, unless PIW_E2E_REQUIRED=1, where that is a failure.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -36,12 +38,33 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"node e2e skipped: {reason}")
 
 
+_NODE_FIXTURES = {"node", "node_images", "node_api"}
+
+
+@functools.cache
+def _images() -> Images:
+    return build_images()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build the tools and images before any test runs: cold, that takes far longer than
+    # a test's timeout, which would otherwise count it against the first test. The
+    # network namespace has no route out, so this must happen before the node starts.
+    if os.geteuid() != 0:
+        return
+    if any(_NODE_FIXTURES & set(getattr(i, "fixturenames", ())) for i in session.items):
+        try:
+            tools_dir()
+        except ToolsUnavailable:
+            return  # the fixture reports it as a skip
+        _images()
+
+
 @pytest.fixture(scope="session")
 def node_images() -> Images:
     if os.geteuid() != 0:
         _unavailable("the node needs root (network namespace, mounts, cgroups)")
-    # Before the node starts: building needs the network, the node's namespace has none.
-    return build_images()
+    return _images()
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +82,12 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     cluster.start()
     try:
+        started = time.monotonic()
         for field in dataclasses.fields(node_images):
             image = getattr(node_images, field.name)
             if isinstance(image, Image) and image is not node_images.pause:
                 cluster.import_image(image.archive, image.ref)
+        cluster.timings["images imported"] = round(time.monotonic() - started, 2)
         timings = ", ".join(f"{k} {v}s" for k, v in cluster.timings.items())
         print(f"\nnode {cluster.run_id} up: {timings}; logs in {cluster.log_dir}")
         yield cluster
