@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import orjson
 import pytest
@@ -168,3 +169,20 @@ def test_the_server_still_serves_after_the_faults(server: WebhookProcess) -> Non
         )
     assert review.status_code == 200 and "patch" in review.json()["response"]
     assert server.proc.poll() is None
+
+
+def test_zero_timeouts_mean_no_limit_as_in_go(tmp_path: Path) -> None:
+    objects = [service_account("app", annotations={ROLE_ANNOTATION: ROLE_ARN})]
+    with ExitStack() as stack:
+        server = ServerFactory(stack, tmp_path, objects)(
+            extra_args=("--tls-handshake-timeout=0s", "--read-header-timeout=0s")
+        )
+        with socket.create_connection((HOST, server.port), timeout=10) as silent:
+            silent.settimeout(1.5)
+            with pytest.raises(TimeoutError):
+                silent.recv(1)  # still open: nobody closes it
+        with tls_connect(server) as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(1.5)
+            tls.sendall(b"Host: localhost\r\n\r\n")
+            assert read_answer(tls)[1] == b"ok"

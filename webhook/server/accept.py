@@ -95,7 +95,9 @@ class Acceptor:
                 handed_over = True
                 await loop.connect_accepted_socket(self.factory, conn)
                 return
-            deadline = loop.time() + self.handshake_timeout
+            # 0 or less: no limit of ours (the TLS layer's own 60 s still bounds the handshake).
+            limited = self.handshake_timeout > 0
+            deadline = loop.time() + self.handshake_timeout if limited else float("inf")
             first = await _peek(loop, conn, deadline)
             if looks_like_http(first):
                 _answer_plain_http(conn)
@@ -107,7 +109,7 @@ class Acceptor:
                 self.factory,
                 conn,
                 ssl=self.ssl_context,
-                ssl_handshake_timeout=max(0.001, deadline - loop.time()),
+                ssl_handshake_timeout=max(0.001, deadline - loop.time()) if limited else None,
             )
         except TimeoutError:
             log.debug("TLS handshake from %s not completed in time; closed", peer)
@@ -161,9 +163,10 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeou
 
     fd = conn.fileno()
     loop.add_reader(fd, wake)
-    timer = loop.call_later(timeout, expire)
+    timer = loop.call_later(timeout, expire) if timeout != float("inf") else None
     try:
         await ready
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         loop.remove_reader(fd)

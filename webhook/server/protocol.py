@@ -81,7 +81,7 @@ class WebhookProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, {}, _loop)
         self.policy = policy
-        self.head_deadline: float | None = None
+        self.head_since: float | None = None  # a request head is awaited or arriving
         self.quiet_checks = 0  # consecutive drain checks that found nothing left to send
         self._fd = -1
         self._replaying = False
@@ -93,7 +93,7 @@ class WebhookProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
-        self.head_deadline = self.loop.time() + self.policy.read_header_timeout
+        self.head_since = self.loop.time()
 
     @property
     def busy(self) -> bool:
@@ -101,7 +101,7 @@ class WebhookProtocol(HttpToolsProtocol):
         yet), being read or answered, or waiting in the pipeline: only a connection between
         two requests is idle, and only an idle one may be closed."""
         return (
-            self.head_deadline is not None
+            self.head_since is not None
             or bool(self.pipeline)
             or (self.cycle is not None and not self.cycle.response_complete)
             or kernel_unread(self._fd) > 0
@@ -125,11 +125,11 @@ class WebhookProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.head_deadline is None:
-            self.head_deadline = self.loop.time() + self.policy.read_header_timeout
+        if self.head_since is None:
+            self.head_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self.head_deadline = None
+        self.head_since = None
         if self.parser.should_upgrade():
             # Remember the cycle; uvicorn's body callbacks see a finished one and do nothing.
             self._held_cycle = self.cycle
@@ -166,4 +166,6 @@ class WebhookProtocol(HttpToolsProtocol):
     # -- timeouts ---------------------------------------------------------------------------
 
     def head_overdue(self, now: float) -> bool:
-        return self.head_deadline is not None and now > self.head_deadline
+        """Past --read-header-timeout (0 or less: no limit, as in Go)."""
+        limit = self.policy.read_header_timeout
+        return limit > 0 and self.head_since is not None and now - self.head_since > limit

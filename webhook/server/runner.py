@@ -137,7 +137,7 @@ class _Served:
         for connection in self.connections:
             if connection.head_overdue(now):
                 log.debug("closing a connection that sent no complete request head in time")
-                connection.head_deadline = None
+                connection.head_since = None
                 connection.transport.abort()
 
 
