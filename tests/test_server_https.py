@@ -387,6 +387,13 @@ def test_body_over_max_request_bytes_is_413_with_content_length_and_when_chunked
     assert streamed.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in streamed.request.headers
     assert streamed.status_code == 413
+    # Each refusal is one line the operator can act on (which limit, which flag).
+    logged = wait_until(
+        lambda: [line for line in shared.server.log_lines() if "answered 413" in line],
+        5,
+        "the 413 log lines",
+    )
+    assert len(logged) >= 2 and "--max-request-bytes" in logged[-1]
     # A body of exactly the limit is read and reviewed.
     at_limit = orjson.dumps(admission_review(pod("app")))
     at_limit += b" " * (MAX_REQUEST_BYTES - len(at_limit))

@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     metrics.track_cache(lambda: float(store.service_account_count), ready)
-    metrics.used.set_function(lambda: 1.0 if store.service_account_count else 0.0)
+    metrics.used.set_function(lambda: 1.0 if store.used else 0.0)
     if reconnects is not None:
         counts = reconnects
         metrics.track_reconnects(lambda: dict(counts))

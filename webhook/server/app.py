@@ -137,6 +137,7 @@ class MutateEndpoint:
             if body is None:
                 status = 413
                 message = f"request body over {ctx.max_request_bytes} bytes (--max-request-bytes)\n"
+                log.error("Request body too large: answered 413, %s", message.strip())
                 await _send(send, 413, message.encode(), _TEXT)
                 return
             try:

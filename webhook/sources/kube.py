@@ -93,6 +93,24 @@ class KubeAPIError(KubeSourceError):
         self.status = status
 
 
+def status_message(body: bytes) -> str:
+    """What a person needs from an error body: a metav1.Status's message (and reason), or
+    the start of the text — never escaped JSON."""
+    try:
+        status = orjson.loads(body)
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("kind") == "Status":
+        message = str(status.get("message") or "").strip()
+        reason = str(status.get("reason") or "").strip()
+        if message and reason:
+            return f"{message} (reason {reason})"
+        if message or reason:
+            return message or reason
+    text = body[:300].decode(errors="replace").strip()
+    return " ".join(text.split()) or "(empty body)"
+
+
 class KubeClient:
     """Raw JSON requests and watch streams through the kubernetes client's auth and TLS."""
 
@@ -131,10 +149,13 @@ class KubeClient:
             body=body,
             preload_content=False,
             timeout=urllib3.Timeout(connect=connect, read=read),
+            # Our loops retry (with backoff, one log line each); urllib3's own silent
+            # retries would triple every outage's wait and log their own warnings.
+            retries=False,
         )
         if response.status >= 400:
             try:
-                detail = response.read()[:500].decode(errors="replace")
+                detail = status_message(response.read(64 * 1024))
             finally:
                 response.release_conn()
             raise KubeAPIError(
@@ -210,11 +231,11 @@ class KubeSource:
         self._fetching: set[str] = set()
         self._fetch_lock = threading.Lock()
         self.relists = 0
+        store.add_refill("the Kubernetes API", self.refill)
         # Retries after an error, per resource (pod_identity_webhook_kube_reconnects_total).
         self.reconnects = {"serviceaccounts": 0}
         if config_map_namespace is not None:
             self.reconnects["configmaps"] = 0
-        store.add_refill("the Kubernetes API", self.refill)
 
     @classmethod
     def connect(
