@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -80,8 +81,11 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pause_ref=node_images.pause.ref,
         log_dir=tmp_path_factory.mktemp("node-logs"),
     )
-    cluster.start()
+    # SIGTERM (a CI timeout, `kill`) as Ctrl-C: pytest then stops and runs the teardown.
+    # Only SIGKILL leaves leftovers, and the next run's start removes those.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        cluster.start()
         started = time.monotonic()
         for field in dataclasses.fields(node_images):
             image = getattr(node_images, field.name)
@@ -93,6 +97,7 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield cluster
     finally:
         cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")
