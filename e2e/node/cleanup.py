@@ -2,9 +2,9 @@
 
 Used at teardown and, at start, on the leftovers of a run that was killed: a
 containerd-shim and its containers outlive a SIGKILLed test process (they are
-reparented to init), and so do the kubelet's tmpfs volume mounts, the overlay root
-filesystems and the pod cgroups. Everything here is found from the kernel's own view
-(/proc and the cgroup mounts), not from what the run remembers having started.
+reparented to init), and so do the kubelet's tmpfs volume mounts and the overlay root
+filesystems. Everything here is found from the kernel's own view (/proc and
+/proc/self/mountinfo), not from what the run remembers having started.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ protocol `kubectl exec` speaks, so a passing exec proves the whole path works.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL as _ERROR_CHANNEL
 
 __all__ = ["ExecResult", "PodNotReady", "exec_in_pod", "pod_events", "pod_logs", "wait_pod_ready"]
 
@@ -79,10 +81,29 @@ def exec_in_pod(
         # Whatever arrived with the closing frame.
         out.append(ws.read_stdout())
         err.append(ws.read_stderr())
-        rc = ws.returncode
+        status = ws.read_channel(_ERROR_CHANNEL)
     finally:
         ws.close()
-    return ExecResult(rc=int(rc), stdout="".join(out), stderr="".join(err))
+    rc = _exit_code(status, f"exec {argv} in {namespace}/{pod}")
+    return ExecResult(rc=rc, stdout="".join(out), stderr="".join(err))
+
+
+def _exit_code(status_json: str, what: str) -> int:
+    """The exit code in the metav1.Status the API server sends on the error channel.
+
+    A command that could not run at all (no such executable, container gone) has no
+    exit code: that is an error here, as it is for `kubectl exec`.
+    """
+    if not status_json:
+        raise RuntimeError(f"{what}: the stream closed without a status")
+    status = json.loads(status_json)
+    if status.get("status") == "Success":
+        return 0
+    causes = status.get("details", {}).get("causes", [])
+    codes = [c["message"] for c in causes if c.get("reason") == "ExitCode"]
+    if status.get("reason") == "NonZeroExitCode" and codes:
+        return int(codes[0])
+    raise RuntimeError(f"{what}: {status.get('message', status_json)}")
 
 
 def pod_logs(

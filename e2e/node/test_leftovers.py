@@ -31,7 +31,8 @@ def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     cgroups.create(run.name)
     pod_cgroup = cgroups.mountpoints()[0] / run.name / "kubepods" / "pod1"
     pod_cgroup.mkdir(parents=True)
-    volume = run.state_dir / "kubelet" / "pods" / "uid" / "volumes" / "token"
+    # mountinfo escapes the space (as \040): the sweep must still find this one.
+    volume = run.state_dir / "kubelet" / "pods" / "uid" / "volumes" / "a token"
     volume.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume)], check=True)
     in_ns = subprocess.Popen([*ns.nsenter(), "sleep", "300"], start_new_session=True)

@@ -80,6 +80,13 @@ def test_exec_reports_the_commands_exit_status_and_stderr(
     assert (result.rc, result.stdout, result.stderr.strip()) == (3, "", "oops")
 
 
+def test_exec_of_a_missing_program_is_an_error_not_an_exit_status(
+    node: Node, namespace: str, sleeper: str
+) -> None:
+    with pytest.raises(RuntimeError, match="no-such-program"):
+        node.exec_in_pod(namespace, sleeper, "main", ["no-such-program"])
+
+
 def test_logs_go_through_the_api_server(node: Node, namespace: str, sleeper: str) -> None:
     assert node.pod_logs(namespace, sleeper, "main").strip() == f"smoke: up as uid {SMOKE_UID}"
 
