@@ -41,11 +41,13 @@ def ensure_installed() -> None:
     missing = sorted({pkg for cmd, pkg in _PACKAGES.items() if shutil.which(cmd) is None})
     if not missing:
         return
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    # Wait for a concurrent apt (another suite installing its own tools) to finish.
+    lock_wait = ["-o", "DPkg::Lock::Timeout=300"]
+    install = ["apt-get", *lock_wait, "install", "-y", "--no-install-recommends", *missing]
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
         # A fresh machine may have no package lists yet.
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+        subprocess.run(["apt-get", *lock_wait, "update"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
 
 
