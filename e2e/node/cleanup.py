@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
+    "CONTAINER_LOG_LINKS",
+    "container_log_links",
     "kill_processes",
     "mountinfo",
     "mountpoints_under",
@@ -28,6 +30,9 @@ __all__ = [
 ]
 
 _MNT_DETACH = 2
+# The kubelet links every container's log here, whatever its podLogsDir (a constant
+# in its source), so a run's links outlive the run's state dir.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -130,3 +135,18 @@ def unmount_under(root: Path, attempts: int = 5) -> None:
     left = mountpoints_under(root)
     if left:
         raise OSError(f"still mounted under {root}: {left[:5]}")
+
+
+def container_log_links(target_dir: Path) -> list[Path]:
+    """The kubelet's /var/log/containers links that point into `target_dir`."""
+    prefix = str(target_dir).rstrip("/") + "/"
+    if not CONTAINER_LOG_LINKS.is_dir():
+        return []
+    links = []
+    for entry in CONTAINER_LOG_LINKS.iterdir():
+        try:
+            if os.readlink(entry).startswith(prefix):
+                links.append(entry)
+        except OSError:
+            pass  # not a link, or gone meanwhile
+    return links

@@ -57,7 +57,8 @@ class Run:
             os.close(fd)
 
     def remove_everything(self) -> None:
-        """Kills the run's processes and removes its mounts, cgroups, namespace, files.
+        """Kills the run's processes and removes its mounts, cgroups, namespace, files
+        (and the kubelet's links to its container logs).
 
         Processes are found three ways, because any one of them can miss some: by
         network namespace (daemons, shims, hostNetwork containers), by cgroup (pod
@@ -74,6 +75,8 @@ class Run:
         cleanup.unmount_under(self.state_dir)
         cgroups.remove(self.name)
         ns.delete()
+        for link in cleanup.container_log_links(self.state_dir):
+            link.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
@@ -87,6 +90,8 @@ def _candidate_ids(state_root: Path) -> set[str]:
         ids |= {p.name for p in state_root.iterdir() if p.is_dir()}
     if LOCK_DIR.is_dir():
         ids |= {p.stem for p in LOCK_DIR.glob("*.lock")}
+    for link in cleanup.container_log_links(state_root):
+        ids.add(Path(os.readlink(link)).relative_to(state_root).parts[0])
     return {i for i in ids if _RUN_ID.fullmatch(i)}
 
 

@@ -42,6 +42,11 @@ def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
         [sys.executable, "-c", "import time; time.sleep(300)", f"{run.state_dir}/shim.sock"],
         start_new_session=True,
     )
+    log = run.state_dir / "pod-logs" / "ns_pod_uid" / "main" / "0.log"
+    log.parent.mkdir(parents=True)
+    log.touch()
+    cleanup.CONTAINER_LOG_LINKS.mkdir(parents=True, exist_ok=True)
+    (cleanup.CONTAINER_LOG_LINKS / f"pod_ns_main-{run.id}.log").symlink_to(log)
     return [in_ns, in_cgroup, shim]
 
 
@@ -69,6 +74,7 @@ def test_the_sweep_removes_everything_a_dead_run_left(
     assert not run.state_dir.exists()
     assert [mp for mp in cgroups.mountpoints() if (mp / run.name).exists()] == []
     assert not NetNamespace(run.name).path.exists()
+    assert cleanup.container_log_links(run.state_dir) == []
 
 
 def test_the_sweep_leaves_a_live_run_alone(
