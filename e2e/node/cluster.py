@@ -128,7 +128,7 @@ class Node:
         self.helm_path = tools / "helm"
         self.kubeconfig = self.state_dir / "admin.kubeconfig"
         self.cgroup_root = "/" + self._run.name
-        self._containerd = containerd.ContainerdLayout(self.state_dir / "containerd")
+        self._containerd = self._run.containerd
         self._servers: list[_Server] = []
         self._api: k8s_client.ApiClient | None = None
         self.timings: dict[str, float] = {}

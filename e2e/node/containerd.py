@@ -29,6 +29,7 @@ CNI_NETWORK = {
     "name": "piw-host-network-only",
     "plugins": [{"type": "piw-no-pod-network"}],
 }
+_SHIM_SOCKET_DIR = Path("/run/containerd/s")
 _PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
 
 
@@ -68,6 +69,18 @@ class ContainerdLayout:
     @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
+
+    def shim_sockets(self) -> set[Path]:
+        """The sockets of this instance's shims. containerd 1.6 puts them in
+        /run/containerd/s whatever its own state dir, and a SIGKILLed shim leaves its
+        socket there; each task's bundle records the address."""
+        bundles = self.state / "io.containerd.runtime.v2.task"
+        sockets = set()
+        for address in bundles.glob("*/*/address"):
+            path = Path(address.read_text().strip().removeprefix("unix://"))
+            if path.parent == _SHIM_SOCKET_DIR:
+                sockets.add(path)
+        return sockets
 
 
 def _overlay_works(probe_dir: Path) -> bool:

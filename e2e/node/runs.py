@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from e2e.node import cgroups, cleanup
+from e2e.node.containerd import ContainerdLayout
 from e2e.node.netns import NETNS_DIR, NetNamespace, netns_inode
 
 __all__ = ["NAME_PREFIX", "Run", "sweep_dead_runs"]
@@ -35,6 +36,7 @@ class Run:
         self.id = run_id or secrets.token_hex(3)
         self.name = NAME_PREFIX + self.id  # netns and cgroup name
         self.state_dir = state_root / self.id
+        self.containerd = ContainerdLayout(self.state_dir / "containerd")
         self.lock_path = LOCK_DIR / f"{self.id}.lock"
         self._lock_fd: int | None = None
 
@@ -58,7 +60,7 @@ class Run:
 
     def remove_everything(self) -> None:
         """Kills the run's processes and removes its mounts, cgroups, namespace, files
-        (and the kubelet's links to its container logs).
+        (and the kubelet's links to its container logs, and its shims' sockets).
 
         Processes are found three ways, because any one of them can miss some: by
         network namespace (daemons, shims, hostNetwork containers), by cgroup (pod
@@ -66,6 +68,7 @@ class Run:
         namespace is already gone).
         """
         ns = NetNamespace(self.name)
+        shim_sockets = self.containerd.shim_sockets()
         for _ in range(2):  # a dying containerd may still have spawned a shim
             pids = cgroups.pids_in(self.name)
             pids |= cleanup.pids_mentioning(f"{self.state_dir}/")
@@ -75,7 +78,7 @@ class Run:
         cleanup.unmount_under(self.state_dir)
         cgroups.remove(self.name)
         ns.delete()
-        for link in cleanup.container_log_links(self.state_dir):
+        for link in [*cleanup.container_log_links(self.state_dir), *shim_sockets]:
             link.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 

@@ -17,6 +17,8 @@ from e2e.node.runs import Run, sweep_dead_runs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
+SHIM_SOCKETS = Path("/run/containerd/s")
+
 
 @pytest.fixture
 def state_root(tmp_path: Path) -> Path:
@@ -25,7 +27,8 @@ def state_root(tmp_path: Path) -> Path:
 
 def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     """What a SIGKILLed run leaves: a process in its namespace, one in its cgroup, one
-    naming its state dir, a tmpfs mount, a cgroup tree and the namespace itself."""
+    naming its state dir, a tmpfs mount, a cgroup tree, the namespace itself, a
+    kubelet log link and a shim socket outside the state dir."""
     run.state_dir.mkdir(parents=True)
     ns = NetNamespace.create(run.name, ["192.0.2.10"])
     cgroups.create(run.name)
@@ -47,6 +50,12 @@ def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     log.touch()
     cleanup.CONTAINER_LOG_LINKS.mkdir(parents=True, exist_ok=True)
     (cleanup.CONTAINER_LOG_LINKS / f"pod_ns_main-{run.id}.log").symlink_to(log)
+    bundle = run.containerd.state / "io.containerd.runtime.v2.task" / "k8s.io" / "sandbox"
+    bundle.mkdir(parents=True)
+    socket = SHIM_SOCKETS / f"piw-test-{run.id}"
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    socket.touch()
+    (bundle / "address").write_text(f"unix://{socket}")
     return [in_ns, in_cgroup, shim]
 
 
@@ -75,6 +84,7 @@ def test_the_sweep_removes_everything_a_dead_run_left(
     assert [mp for mp in cgroups.mountpoints() if (mp / run.name).exists()] == []
     assert not NetNamespace(run.name).path.exists()
     assert cleanup.container_log_links(run.state_dir) == []
+    assert not (SHIM_SOCKETS / f"piw-test-{run.id}").exists()
 
 
 def test_the_sweep_leaves_a_live_run_alone(
