@@ -49,7 +49,8 @@ def sleeper(node: Node, node_images: Images, namespace: str) -> str:
         securityContext={"runAsUser": SMOKE_UID, "runAsNonRoot": True},
     )
     node.rest.create(
-        f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "sleeper"}, "spec": spec}
+        f"/api/v1/namespaces/{namespace}/pods",
+        {"metadata": {"name": "sleeper", "labels": {"app": "sleeper"}}, "spec": spec},
     )
     node.wait_pod_ready(namespace, "sleeper")
     return "sleeper"
@@ -121,6 +122,69 @@ def test_the_replicaset_controller_replaces_a_deleted_pod(
     [replacement] = _ready_pods(node, namespace, "app=pause", not_named=first["metadata"]["name"])
     owner = replacement["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"].startswith("pause-")) == ("ReplicaSet", True)
+
+
+def test_the_garbage_collector_removes_what_a_deleted_deployment_owned(
+    node: Node, node_images: Images, namespace: str
+) -> None:
+    labels = {"app": "collected"}
+    node.rest.create(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        {
+            "metadata": {"name": "collected"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": _pod_spec(node_images.pause.ref),
+                },
+            },
+        },
+    )
+    _ready_pods(node, namespace, "app=collected")
+    # Background propagation: the API server deletes only the Deployment; the garbage
+    # collector then deletes the ReplicaSet, and the pod after it.
+    node.rest.delete(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/collected?propagationPolicy=Background"
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        sets = node.rest.get(
+            f"/apis/apps/v1/namespaces/{namespace}/replicasets?labelSelector=app=collected"
+        )
+        pods = node.rest.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app=collected")
+        if not sets["items"] and not pods["items"]:
+            break
+        assert time.monotonic() < deadline, "the ReplicaSet or its pod outlived the Deployment"
+        time.sleep(0.5)
+
+
+def test_a_service_gets_the_pods_node_ip_as_its_endpoint(
+    node: Node, namespace: str, sleeper: str
+) -> None:
+    """What the API server calls a webhook Service through (--enable-aggregator-routing)."""
+    node.rest.create(
+        f"/api/v1/namespaces/{namespace}/services",
+        {
+            "metadata": {"name": "sleeper"},
+            "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 443, "targetPort": 8443}]},
+        },
+    )
+    path = (
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+        "?labelSelector=kubernetes.io/service-name=sleeper"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        slices = node.rest.get(path)["items"]
+        addresses = [a for s in slices for e in s.get("endpoints") or [] for a in e["addresses"]]
+        if addresses:
+            break
+        assert time.monotonic() < deadline, f"no endpoints for the sleeper Service: {slices}"
+        time.sleep(0.5)
+    assert addresses == [NODE_IP]
+    assert [p["port"] for s in slices for p in s["ports"]] == [8443]
 
 
 def _ready_pods(
