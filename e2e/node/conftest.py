@@ -56,9 +56,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(_NODE_FIXTURES & set(getattr(i, "fixturenames", ())) for i in session.items):
         try:
             tools_dir()
-        except ToolsUnavailable:
-            return  # the fixture reports it as a skip
-        _images()
+            _images()
+        except Exception:
+            # The fixtures try again and report it where it belongs: as a skip
+            # (ToolsUnavailable) or as the first test's error, not as INTERNALERROR.
+            return
 
 
 @pytest.fixture(scope="session")
