@@ -69,7 +69,15 @@ NODE_NAME = "piw-node"
 DEFAULT_STATE_ROOT = Path("/var/lib/piw-node")
 _ETCD_URL = "http://127.0.0.1:2379"  # the namespace's own loopback: no port clashes
 _API_AUDIENCES = ("https://kubernetes.default.svc",)
-_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "helm")
+_TOOLS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kubectl",
+    "helm",
+)
 
 
 class NodeError(RuntimeError):

@@ -33,6 +33,7 @@ from e2e.node.walkthrough import (
     Release,
     apply_demo_objects,
     aws_emulators,
+    kubectl,
     probe_pod,
 )
 
@@ -66,6 +67,14 @@ def test_the_pod_has_the_five_variables_and_a_token_its_user_can_read(
     }
     assert report.token_file == TOKEN_FILE
     assert report.token_readable, "the kubelet's projected token is not readable by uid 1000"
+
+
+def test_kubectl_exec_shows_what_the_webhook_injected(node: Node, aws: AwsEmulators) -> None:
+    shown = kubectl(node, "-n", DEMO_NAMESPACE, "exec", DEMO_POD, "--", "python3", "-c",
+                    "import os; print(os.environ['AWS_ROLE_ARN'])")  # fmt: skip
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == DEMO_ROLE_ARN
 
 
 def test_the_token_is_for_sts_this_service_account_and_the_cluster_issuer(

@@ -173,6 +173,15 @@ def enable_listener_migration(node: Node) -> None:
     )
 
 
+def kubectl(node: Node, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """The pinned kubectl with the node's admin kubeconfig, as a person would run it."""
+    return subprocess.run(
+        [*node.netns.nsenter(), str(node.tools / "kubectl"), "--kubeconfig", str(node.kubeconfig),
+         *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
 def uninstall_webhook(node: Node, release: Release) -> None:
     node.helm("uninstall", release.name, "-n", release.namespace, "--wait", "--timeout=120s")
 

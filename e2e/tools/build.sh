@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the pinned e2e binaries and prints, as the LAST line of stdout, the
-# directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, etcd,
-# helm, amazon-eks-pod-identity-webhook.
+# directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl,
+# etcd, helm, amazon-eks-pod-identity-webhook.
 #
 #   e2e/tools/build.sh          build what is missing, print the directory
 #   e2e/tools/build.sh --sync   regenerate the tools modules' go.mod+go.sum from versions.env
@@ -9,8 +9,8 @@
 # Env:
 #   PIW_E2E_CACHE          cache root (default ~/.cache/pod-identity-webhook/e2e-tools)
 #   PIW_KUBE_APISERVER, PIW_KUBE_CONTROLLER_MANAGER, PIW_KUBE_SCHEDULER, PIW_KUBELET,
-#   PIW_ETCD, PIW_HELM, PIW_UPSTREAM_WEBHOOK
-#                          prebuilt binaries to use instead of building; with all seven
+#   PIW_KUBECTL, PIW_ETCD, PIW_HELM, PIW_UPSTREAM_WEBHOOK
+#                          prebuilt binaries to use instead of building; with all eight
 #                          set, Go is not needed.
 # Exit status 3: Go is missing and not every binary was given (callers skip e2e).
 set -euo pipefail
@@ -30,10 +30,10 @@ set +a
 
 # Bump when build flags change so stale caches are not reused.
 RECIPE=1
-NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd helm
+NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd helm
     amazon-eks-pod-identity-webhook)
 OVERRIDE_VARS=(PIW_KUBE_APISERVER PIW_KUBE_CONTROLLER_MANAGER PIW_KUBE_SCHEDULER PIW_KUBELET
-    PIW_ETCD PIW_HELM PIW_UPSTREAM_WEBHOOK)
+    PIW_KUBECTL PIW_ETCD PIW_HELM PIW_UPSTREAM_WEBHOOK)
 cache_root="${PIW_E2E_CACHE:-$HOME/.cache/pod-identity-webhook/e2e-tools}"
 
 # The tools modules must stand alone, whatever go.work or GOFLAGS the caller has.
@@ -102,6 +102,7 @@ verify() {
     case "$name" in
         kube-apiserver | kube-controller-manager | kube-scheduler | kubelet)
             out="$("$bin" --version 2>&1)"; want="$KUBERNETES_VERSION" ;;
+        kubectl) out="$("$bin" version --client 2>&1)"; want="$KUBERNETES_VERSION" ;;
         etcd) out="$("$bin" --version 2>&1)"; want="${ETCD_VERSION#v}" ;;
         helm) out="$("$bin" version --short 2>&1)"; want="$HELM_VERSION" ;;
         amazon-eks-pod-identity-webhook) out="$("$bin" --version 2>&1)"; want="$UPSTREAM_WEBHOOK_VERSION" ;;
@@ -147,7 +148,7 @@ build() {
     start=$SECONDS
     log "building $name (this can take a while: kube-apiserver ~6 min on 2 cores, then kube-controller-manager ~4)"
     case "$name" in
-        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet)
+        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kubectl)
             go -C "$here/kube" build -p 2 -trimpath -ldflags="$(ldflags_kube)" \
                 -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name" ;;
         etcd)
