@@ -8,15 +8,27 @@ STAMP := $(VENV)/.installed
 PORT ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: run test lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
+.PHONY: run test lock lock-check release lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
 
-$(STAMP): pyproject.toml
+# Every dependency comes from the hashed locks (scripts/lock.sh writes them); the project
+# itself goes in last, without dependencies, built by the locked setuptools.
+LOCKS := requirements/dev.txt requirements/runtime.txt requirements/build.txt
+$(STAMP): pyproject.toml $(LOCKS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt -r requirements/build.txt
 	@# setuptools warns about every editable install ("Editable installation ... folders in your
 	@# working directory"): nothing to act on here, so keep `make run` quiet.
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+## lock: re-resolve requirements/*.txt from pyproject.toml (keeps the versions already pinned)
+# Upgrade one package: make lock LOCK_ARGS='--upgrade-package kubernetes'; all: LOCK_ARGS=--upgrade
+lock: $(STAMP)
+	bash scripts/lock.sh $(LOCK_ARGS)
+
+## lock-check: fail when pyproject.toml and the locks disagree (needs PyPI, nothing else)
+lock-check: $(STAMP)
+	bash scripts/lock.sh --check
 
 ## run: serve on https://127.0.0.1:$(PORT) with the bundled example objects (no cluster needed)
 run: $(STAMP)
@@ -34,7 +46,7 @@ run: $(STAMP)
 		--objects webhook/examples/objects.yaml --watch-config-map -v=4
 
 ## test: everything — lint, types, layers, fast tests, e2e against a real kube-apiserver
-test: lint typecheck layers unit e2e
+test: lock-check lint typecheck layers unit e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check webhook tests e2e bench
