@@ -1,0 +1,162 @@
+"""`replay`'s results: the per-review records, `--against` verdicts, the end-of-run summary,
+`-o wide`, `-o json` and `--report FILE.html` (rendering lives in webhook.toolkit)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from webhook.cli import UsageError
+from webhook.core.settings import MutationSettings
+from webhook.review import IdentityLookup, Outcome
+from webhook.toolkit.against import VERSIONS, AgainstError, OtherWebhook, compare
+from webhook.toolkit.differences import Pod
+from webhook.toolkit.replay_html import render_report
+from webhook.toolkit.replay_report import CaseResult, Results, summary_lines, unified, wide_table
+
+# -o values rendered here at the end of the run, instead of one line per review.
+TABLE_OUTPUTS = ("wide", "json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--against",
+        metavar="URL",
+        help="also send each review to the webhook at URL (https://host:port/mutate) and "
+        "classify each difference: identical, differs as documented (named), or differs; "
+        "exit 1 on an undocumented difference",
+    )
+    parser.add_argument(
+        "--against-ca", metavar="FILE", help="CA bundle (PEM) the --against webhook's cert is from"
+    )
+    parser.add_argument(
+        "--against-version",
+        choices=VERSIONS,
+        default="auto",
+        help="AdmissionReview version sent to --against: as captured, falling back to v1beta1 "
+        "for webhooks that answer v1 without apiVersion/kind (auto, the default), or always one",
+    )
+    parser.add_argument(
+        "--against-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="per-review timeout for --against (default 10, the API server's)",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="write one static HTML page (no external assets) with every review's diff, "
+        "warnings and --against verdict",
+    )
+
+
+def _status(outcome: Outcome) -> str:
+    if not outcome.allowed:
+        return "denied"
+    return "mutated" if outcome.mutated else "unchanged"
+
+
+class Recorder:
+    """Collects one CaseResult per review and, with --against, the other webhook's verdict."""
+
+    def __init__(
+        self, args: argparse.Namespace, store: IdentityLookup, settings: MutationSettings
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.results = Results()
+        self.report = Path(args.report) if args.report else None
+        self.other: OtherWebhook | None = None
+        if args.against_ca and not args.against:
+            raise UsageError("--against-ca needs --against URL")
+        if args.against:
+            try:
+                self.other = OtherWebhook(
+                    args.against,
+                    args.against_ca,
+                    args.against_timeout,
+                    args.against_version,
+                    note=lambda message: print(f"replay: note: {message}", file=sys.stderr),
+                )
+            except AgainstError as err:
+                raise UsageError(str(err)) from None
+            self.results.against = args.against
+
+    def record(
+        self, key: str, label: str, body: bytes, outcome: Outcome, before: Any, after: Any
+    ) -> CaseResult:
+        response: dict[str, Any] = orjson.loads(outcome.body)
+        inner = response.get("response") or {}
+        result = self.results.add(
+            CaseResult(
+                key=key,
+                label=label,
+                namespace=outcome.namespace or namespace_of(body),
+                status=_status(outcome),
+                reason=outcome.reason,
+                warnings=tuple(inner.get("warnings") or ()),
+                diff=unified(before, after, f"{label} (original)", f"{label} (mutated)"),
+            )
+        )
+        if self.other is not None:
+            result.verdict, _ = compare(
+                body, response, self.other, self.store, self.settings, self._diff(label)
+            )
+            _print_verdict(label, result)
+        return result
+
+    def not_sent(self, key: str, label: str, namespace: str, reason: str) -> CaseResult:
+        """A review the API server would not send to the webhook (selectors, rules)."""
+        return self.results.add(CaseResult(key, label, namespace, "not sent", reason))
+
+    @staticmethod
+    def _diff(label: str) -> Any:
+        def diff(ours: Pod, theirs: Pod) -> str:
+            return unified(theirs, ours, f"{label} (--against)", f"{label} (ours)")
+
+        return diff
+
+    def finish(self, output: str, input_errors: int) -> int:
+        """Print what the run found; 1 when --against saw an undocumented difference."""
+        self.results.input_errors = input_errors
+        if output == "wide":
+            sys.stdout.write(wide_table(self.results))
+        elif output == "json":
+            sys.stdout.write(
+                orjson.dumps(self.results.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+        for line in summary_lines(self.results):
+            print(line, file=sys.stderr)
+        if self.report is not None:
+            try:
+                self.report.write_text(render_report(self.results), encoding="utf-8")
+            except OSError as err:
+                raise UsageError(f"--report {self.report}: {err.strerror or err}") from None
+            print(f"replay: report written to {self.report}", file=sys.stderr)
+        return 1 if self.results.undocumented else 0
+
+
+def namespace_of(body: bytes) -> str:
+    try:
+        request = orjson.loads(body).get("request") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return str(request.get("namespace") or "")
+
+
+def _print_verdict(label: str, result: CaseResult) -> None:
+    verdict = result.verdict
+    assert verdict is not None
+    if verdict.kind == "identical":
+        print(f"IDENTICAL {label}", file=sys.stderr)
+    elif verdict.kind == "documented":
+        print(f"DOCUMENTED {label}: {verdict.describe()}", file=sys.stderr)
+    elif verdict.kind == "differs":
+        print(f"DIFFERS {label}:\n{verdict.detail}", file=sys.stderr, end="")
+    else:
+        print(f"ERROR {label}: --against: {verdict.detail}", file=sys.stderr)

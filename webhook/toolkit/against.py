@@ -1,0 +1,177 @@
+"""`replay --against URL`: send each review also to another running webhook (the upstream Go
+webhook a team runs today, or an older version of ours), apply both answers to the pod, and
+classify the difference (webhook.toolkit.differences).
+
+The exchange is the API server's: one POST of the AdmissionReview, the answer must echo the
+request's uid, and a v1 answer must carry apiVersion/kind. Webhooks that only speak v1beta1
+(upstream v0.6.17 answers without apiVersion/kind) are detected on the first answer and from
+then on sent v1beta1 reviews, as an API server registered with `admissionReviewVersions:
+[v1beta1]` would.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+import orjson
+
+from webhook.core.identity import Source, resolve_identity
+from webhook.core.settings import MutationSettings
+from webhook.review import V1, V1BETA1, IdentityLookup
+from webhook.toolkit.differences import Answer, Facts, Pod, Verdict, classify
+
+VERSIONS = ("auto", "v1", "v1beta1")
+_VERSION_NAMES = {"v1": V1, "v1beta1": V1BETA1}
+
+
+class AgainstError(Exception):
+    """The other webhook could not be asked, or its answer is not one the API server takes."""
+
+
+@dataclass(slots=True)
+class OtherWebhook:
+    url: str
+    ca_file: str | None = None
+    timeout: float = 10.0  # the API server's default timeoutSeconds
+    version: str = "auto"
+    note: Callable[[str], None] = field(default=lambda message: None)
+    _context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+        if self.url.startswith("https://"):
+            try:
+                self._context = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise AgainstError(f"--against-ca {self.ca_file}: {err}") from None
+        elif not self.url.startswith("http://"):
+            raise AgainstError(f"--against {self.url}: expected an https:// or http:// URL")
+
+    def ask(self, body: bytes) -> dict[str, Any]:
+        """The other webhook's AdmissionReview answer to the review in `body`."""
+        review = orjson.loads(body)
+        if self.version != "auto":
+            review["apiVersion"] = _VERSION_NAMES[self.version]
+        answer = self._post(review)
+        if review.get("apiVersion") == V1 and not _has_type(answer):
+            if self.version != "auto":
+                raise AgainstError(
+                    "answered a v1 review without apiVersion/kind, which the API server "
+                    "rejects (a v1beta1-only webhook? use --against-version=v1beta1)"
+                )
+            self.version = "v1beta1"
+            self.note(
+                f"{self.url} answers v1 reviews without apiVersion/kind, as v1beta1-only "
+                "webhooks (upstream v0.6.x) do: sending it v1beta1 reviews from now on"
+            )
+            review["apiVersion"] = V1BETA1
+            answer = self._post(review)
+        response = answer.get("response")
+        if not isinstance(response, dict):
+            raise AgainstError("the answer has no response")
+        uid = (review.get("request") or {}).get("uid", "")
+        if response.get("uid", "") != uid:
+            raise AgainstError(f"the answer's uid {response.get('uid')!r} is not the request's")
+        return answer
+
+    def _post(self, review: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.url,
+            data=orjson.dumps(review),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self._context
+            ) as reply:
+                data = reply.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:300].decode(errors="replace").strip()
+            raise AgainstError(f"HTTP {err.code}: {detail}") from None
+        except (OSError, ssl.SSLError) as err:
+            reason = getattr(err, "reason", err)
+            raise AgainstError(f"{self.url}: {reason}") from None
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise AgainstError(f"the answer is not JSON: {err}") from None
+        if not isinstance(answer, dict):
+            raise AgainstError("the answer is not a JSON object")
+        return answer
+
+
+def _has_type(answer: dict[str, Any]) -> bool:
+    return answer.get("kind") == "AdmissionReview" and answer.get("apiVersion") in (V1, V1BETA1)
+
+
+def apply_answer(pod: Pod, answer: dict[str, Any]) -> Answer:
+    """The pod the API server would store from this answer (its JSONPatch applied)."""
+    response = answer.get("response") or {}
+    warnings = tuple(w for w in response.get("warnings") or [] if isinstance(w, str))
+    if not response.get("allowed"):
+        message = (response.get("status") or {}).get("message") or ""
+        return Answer(False, None, str(message), warnings)
+    patch = response.get("patch")
+    if not patch:
+        return Answer(True, pod, warnings=warnings)
+    if response.get("patchType", "JSONPatch") != "JSONPatch":
+        raise AgainstError(f"patchType {response.get('patchType')!r}: only JSONPatch exists")
+    try:
+        operations = orjson.loads(base64.b64decode(patch))
+        patched = jsonpatch.apply_patch(pod, operations, in_place=False)
+    except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+        raise AgainstError(f"the patch cannot be applied: {err}") from None
+    return Answer(True, patched, warnings=warnings)
+
+
+def facts_for(review: dict[str, Any], store: IdentityLookup, settings: MutationSettings) -> Facts:
+    request = review.get("request") or {}
+    kind = request.get("kind") or {}
+    pod = request.get("object") if isinstance(request.get("object"), dict) else {}
+    pod_create = (
+        kind.get("kind") == "Pod"
+        and not kind.get("group")
+        and request.get("operation") == "CREATE"
+        and not request.get("subResource")
+    )
+    account = ((pod or {}).get("spec") or {}).get("serviceAccountName") or ""
+    lookup = store.lookup(str(request.get("namespace") or ""), str(account))
+    identity = resolve_identity(lookup, settings)
+    source = identity.source if identity is not None else None
+    pattern = source is Source.CONFIG_MAP and lookup.config_map_exact is None
+    return Facts(
+        original=pod or {},
+        pod_create=pod_create,
+        config_map_pattern=pattern,
+        identity_source=source.value if source is not None else "",
+    )
+
+
+def compare(
+    body: bytes,
+    ours: dict[str, Any],
+    other: OtherWebhook,
+    store: IdentityLookup,
+    settings: MutationSettings,
+    diff: Callable[[Pod, Pod], str],
+) -> tuple[Verdict, dict[str, Any] | None]:
+    """Our answer against the other webhook's, for one review; also returns theirs."""
+    review = orjson.loads(body)
+    facts = facts_for(review, store, settings)
+    try:
+        theirs = other.ask(body)
+        verdict = classify(
+            apply_answer(facts.original, ours), apply_answer(facts.original, theirs), facts, diff
+        )
+    except AgainstError as err:
+        return Verdict("error", detail=str(err)), None
+    return verdict, theirs

@@ -1,0 +1,117 @@
+"""`replay --report FILE.html`: one static page, viewable offline (inline CSS, no scripts, no
+external assets), with the counts and, per review, the diff, the warnings and the --against
+verdict. Everything taken from the inputs is HTML-escaped."""
+
+from __future__ import annotations
+
+from html import escape
+
+from webhook.toolkit.replay_report import STATUSES, VERDICTS, CaseResult, Results
+
+_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #1b1f24; }
+h1 { font-size: 1.4em; }
+table.counts { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+table.counts td, table.counts th {
+  border: 1px solid #ccd; padding: 0.3em 0.8em; text-align: right;
+}
+table.counts th { background: #eef; }
+section.case { border: 1px solid #ccd; border-radius: 6px; margin: 0.8em 0; padding: 0.6em 1em; }
+section.case h2 { font-size: 1.05em; margin: 0; font-family: ui-monospace, monospace; }
+.status { display: inline-block; padding: 0 0.5em; border-radius: 4px; font-size: 0.85em; }
+.s-mutated { background: #d8f5dc; } .s-unchanged { background: #eee; }
+.s-denied, .s-error, .v-differs, .v-error { background: #fbd9d9; }
+.s-not-sent { background: #fdf1cc; } .v-identical { background: #d8f5dc; }
+.v-documented { background: #dbe8fb; }
+pre.diff { background: #f7f7f9; padding: 0.6em; overflow-x: auto; font-size: 12px; }
+pre.diff .add { color: #116329; background: #e6ffec; display: block; }
+pre.diff .del { color: #82071e; background: #ffebe9; display: block; }
+pre.diff .hunk { color: #6639ba; display: block; }
+ul.warnings { color: #7a4d00; }
+"""
+
+
+def _diff_html(diff: str) -> str:
+    lines = []
+    for line in diff.splitlines():
+        css = (
+            "hunk"
+            if line.startswith("@@")
+            else "add"
+            if line.startswith("+") and not line.startswith("+++")
+            else "del"
+            if line.startswith("-") and not line.startswith("---")
+            else ""
+        )
+        text = escape(line) or " "
+        lines.append(f'<span class="{css}">{text}</span>' if css else text + "\n")
+    return '<pre class="diff">' + "".join(lines) + "</pre>"
+
+
+def _counts_table(results: Results) -> str:
+    head = "".join(f"<th>{escape(s)}</th>" for s in STATUSES)
+    rows = [f"<tr><th>namespace</th>{head}<th>total</th></tr>"]
+
+    def row(name: str, namespace: str | None, css: str) -> str:
+        counts = results.counts(namespace)
+        cells = "".join(f'<td data-status="{escape(s)}">{counts[s]}</td>' for s in STATUSES)
+        return (
+            f'<tr class="{css}"><th>{escape(name)}</th>{cells}<td>{sum(counts.values())}</td></tr>'
+        )
+
+    rows.extend(row(ns or "-", ns, "namespace") for ns in results.namespaces())
+    rows.append(row("all", None, "total"))
+    return '<table class="counts" id="counts">' + "".join(rows) + "</table>"
+
+
+def _verdicts_table(results: Results) -> str:
+    if results.against is None:
+        return ""
+    counts = results.verdicts()
+    cells = "".join(f'<td data-verdict="{v}">{counts[v]}</td>' for v in VERDICTS)
+    head = "".join(f"<th>{v}</th>" for v in VERDICTS)
+    return (
+        f"<p>Against <code>{escape(results.against)}</code>:</p>"
+        f'<table class="counts" id="verdicts"><tr>{head}</tr><tr>{cells}</tr></table>'
+    )
+
+
+def _case_html(case: CaseResult) -> str:
+    status_css = "s-" + case.status.replace(" ", "-")
+    parts = [
+        f'<section class="case" data-status="{escape(case.status)}">',
+        f'<h2>{escape(case.label)} <span class="status {status_css}">{escape(case.status)}</span>',
+    ]
+    if case.verdict is not None:
+        parts.append(
+            f' <span class="status v-{case.verdict.kind}">{escape(case.verdict.describe())}</span>'
+        )
+    parts.append("</h2>")
+    if case.reason:
+        parts.append(f"<p>{escape(case.reason)}</p>")
+    if case.warnings:
+        items = "".join(f"<li>{escape(w)}</li>" for w in case.warnings)
+        parts.append(f'<ul class="warnings">{items}</ul>')
+    if case.diff:
+        parts.append(_diff_html(case.diff))
+    if case.verdict is not None and case.verdict.detail:
+        parts.append(f"<p>Against the other webhook ({escape(case.verdict.kind)}):</p>")
+        parts.append(_diff_html(case.verdict.detail))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_report(results: Results, title: str = "pod-identity-webhook replay") -> str:
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p>{len(results.cases)} review(s); {results.input_errors} input(s) could not be "
+        "replayed (see the command's stderr).</p>",
+        _counts_table(results),
+        _verdicts_table(results),
+        *(_case_html(c) for c in results.cases),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
