@@ -212,9 +212,10 @@ def test_expect_without_a_stored_response_fails(
     [
         (None, "no such file"),
         ("{not: [valid", "neither JSON"),
-        ('{"kind": "Pod"}', "input.json: the input is a Pod, not an AdmissionReview"),
+        ('{"kind": "Widget"}', "input.json: the input is a Widget, not an AdmissionReview"),
+        ('{"kind": "Pod"}', "input.json: the input: Pod default/? has no spec"),
         ("null", "input.json: the input is null, not an AdmissionReview"),
-        ("kind: Pod\n---\nkind: Service\n", "input.json: document 1 is a Pod, not an"),
+        ("kind: Widget\n---\nkind: Service\n", "input.json: document 1 is a Widget, not an"),
         ("", "input.json: empty"),
     ],
 )
@@ -237,10 +238,10 @@ def test_a_non_review_input_is_an_error_but_the_others_are_replayed(
     tmp_path: Path, objects: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = write_review(tmp_path, "good.json", admission_review(pod()))
-    bad = write_review(tmp_path, "pod.json", pod())
+    bad = write_review(tmp_path, "widget.json", {"kind": "Widget"})
     code, out, err = run(capsys, "--objects", str(objects), str(bad), str(good))
     assert code == 2
-    assert f"error: {bad}: the input is a Pod, not an AdmissionReview" in err
+    assert f"error: {bad}: the input is a Widget, not an AdmissionReview" in err
     assert len(out.splitlines()) == 1 and "patch" in json.loads(out)["response"]
 
 

@@ -2,7 +2,10 @@
 as the server, offline, to see or check what a change would do before it reaches a cluster.
 
 INPUT: AdmissionReview files (JSON or YAML, one or several documents), directories of them,
-`-` for stdin, or Kubernetes audit logs (JSON lines; pod `create` events with `requestObject`).
+`-` for stdin, Kubernetes audit logs (JSON lines; pod `create` events with `requestObject`), or
+manifests: Pods and the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets,
+Jobs and CronJobs (`helm template ... | replay --objects sa.yaml -`), each replayed as the pod
+CREATE its controller would send.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import yaml
 
 from webhook.cli import PROG, UsageError, flags, logs
 from webhook.cli.common import add_output_flag
-from webhook.cli.replay_inputs import Case, read_cases
+from webhook.cli.replay_inputs import Case, ManifestOptions, read_cases
+from webhook.cli.replay_select import not_sent_response, selection_from
 from webhook.core.configmap import ConfigMapError
 from webhook.core.settings import CONFIG_MAP_NAME
 from webhook.review import review
@@ -57,6 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--update-expected",
         action="store_true",
         help="with --expect: (re)write the expected files instead of comparing",
+    )
+    parser.add_argument(
+        "--manifest-namespace",
+        default="default",
+        metavar="NS",
+        help="namespace for manifests without metadata.namespace (default: default, as kubectl)",
+    )
+    parser.add_argument(
+        "--webhook-config",
+        metavar="FILE",
+        help="a MutatingWebhookConfiguration (the chart's): apply its rules, selectors and "
+        "matchConditions as the API server would, and report the reviews it would not send",
     )
     parser.add_argument(
         "inputs",
@@ -213,6 +229,17 @@ class Expectations:
         return f"replay: wrote {count} expected response(s) to {self.directory} ({counts})"
 
 
+def _write_not_sent(output: str, case: Case, description: str) -> None:
+    """The API server keeps the review: no response exists, the pod is created as it is."""
+    if output == "pod":
+        before, _ = _pods(case, {})
+        sys.stdout.write(orjson.dumps(before).decode() + "\n")
+    elif output == "diff":
+        sys.stdout.write(f"# {case.label}: {description}\n")
+    if output != "diff":
+        print(f"{PROG} replay: {case.label}: {description}", file=sys.stderr)
+
+
 def _nothing_mutated(reasons: Counter[str]) -> str:
     """Why none of the reviews got a patch, most common reason first."""
     listed = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(5))
@@ -230,11 +257,20 @@ def run(args: argparse.Namespace) -> int:
     store = build_store(args)
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
     problems = Problems()
+    selection = selection_from(args.webhook_config, args.objects or [], warn)
     out = sys.stdout
     count = 0
     unmutated: Counter[str] = Counter()
-    for case in read_cases(args.inputs, problems, warn):
+    manifests = ManifestOptions(namespace=args.manifest_namespace)
+    for case in read_cases(args.inputs, problems, warn, manifests):
         count += 1
+        decision = selection.decide(case) if selection is not None else None
+        if decision is not None and not decision.sent:
+            unmutated[decision.describe()] += 1
+            _write_not_sent(args.output, case, decision.describe())
+            if expectations is not None:
+                expectations.check(case, not_sent_response(decision))
+            continue
         outcome = review(case.body, store, store.settings)
         if not outcome.mutated:
             unmutated[outcome.reason] += 1

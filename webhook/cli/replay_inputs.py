@@ -1,16 +1,20 @@
-"""What `replay` reads: AdmissionReview files, directories of them, stdin, and audit logs.
+"""What `replay` reads: AdmissionReview files, directories of them, stdin, audit logs, and
+manifests (Pods and workloads, as `kubectl apply -f` or `helm template` output has them).
 
 Each review becomes a `Case` with two names: `key`, stable and unique per input (the file stem,
 or the auditID within an audit log), which names its `--expect` file; and `label`, the pod it
-is about (`namespace/pod`, plus the auditID), which every message shows. Inputs that are not
-reviews are reported with the file (and line) they came from instead of being replayed.
+is about (`namespace/pod`, plus the auditID or the workload), which every message shows.
+Inputs that are not reviews are reported with the file (and line) they came from instead of
+being replayed; Kubernetes objects that hold no pod (Services, ConfigMaps, ...) are skipped.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import yaml
 
 from webhook.cli import UsageError
 from webhook.review import V1
+from webhook.toolkit.manifests import ManifestError, is_pod_source, pod_review
 
 SUFFIXES = (".json", ".yaml", ".yml", ".jsonl", ".log")
 Report = Callable[[str], None]
@@ -76,11 +81,27 @@ def _audit_event_review(event: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestOptions:
+    namespace: str = "default"  # for manifests without metadata.namespace
+    now: datetime | None = None  # names CronJobs' Jobs; None: the current time
+
+
 @dataclass(slots=True)
 class _Found:
     review: dict[str, Any]
     audit_id: str | None = None
     exact: bool = False  # the input's bytes are this review, as the API server sent them
+    origin: str | None = None  # the manifest it was built from: "Deployment ns/name"
+
+
+def _is_kube_object(document: Any) -> bool:
+    return (
+        isinstance(document, dict)
+        and isinstance(document.get("apiVersion"), str)
+        and isinstance(document.get("kind"), str)
+        and isinstance(document.get("metadata"), dict)
+    )
 
 
 def _describe(document: Any) -> str:
@@ -93,11 +114,13 @@ def _describe(document: Any) -> str:
 class _Reader:
     """Reads one input, collecting the reviews and reporting what is not one."""
 
-    def __init__(self, label: str, error: Report, warn: Report) -> None:
+    def __init__(self, label: str, error: Report, warn: Report, manifests: ManifestOptions) -> None:
         self.label = label
         self.error = error
         self.warn = warn
+        self.manifests = manifests
         self.events = 0  # audit events seen, to explain an audit log without pod creates
+        self.skipped: Counter[str] = Counter()  # objects without a pod, by kind
 
     def documents(self, document: Any, where: str) -> Iterator[_Found]:
         if isinstance(document, list):
@@ -115,10 +138,20 @@ class _Reader:
                 yield _Found(converted, _text(document.get("auditID")))
         elif kind in ("EventList", "List") and isinstance(document.get("items"), list):
             yield from self.documents(document["items"], where)
+        elif is_pod_source(document):
+            try:
+                built = pod_review(document, self.manifests.namespace, self.manifests.now)
+            except ManifestError as err:
+                self.error(f"{self.label}: {where or 'the input'}: {err}")
+                return
+            yield _Found(built.review, origin=built.origin)
+        elif _is_kube_object(document):
+            self.skipped[str(kind)] += 1
         else:
             self.error(
                 f"{self.label}: {where or 'the input'} is {_describe(document)}, "
-                "not an AdmissionReview or a Kubernetes audit event"
+                "not an AdmissionReview, a Kubernetes audit event, or a Kubernetes object "
+                "(Pods and workloads are replayed, other objects skipped)"
             )
 
     def json_lines(self, lines: list[tuple[int, bytes]]) -> Iterator[_Found]:
@@ -165,13 +198,25 @@ class _Reader:
             raise UsageError(f"{self.label}: neither JSON, JSON lines nor YAML: {err}") from None
         many = len(documents) > 1
         for index, document in enumerate(documents):
+            if document is None and many:
+                continue  # an empty document between `---` lines, as helm template writes
             yield from self.documents(document, f"document {index + 1}" if many else "")
 
 
-def _cases(label: str, data: bytes, stem: str, error: Report, warn: Report) -> Iterator[Case]:
+def _manifest_key(stem: str, origin: str) -> str:
+    kind, _, where = origin.partition(" ")
+    return f"{stem}/{kind.lower()}-{where.replace('/', '-')}"
+
+
+def _cases(
+    label: str, data: bytes, stem: str, error: Report, warn: Report, manifests: ManifestOptions
+) -> Iterator[Case]:
     """`stem` makes keys unique per input file, so --expect files never collide."""
-    reader = _Reader(label, error, warn)
+    reader = _Reader(label, error, warn, manifests)
     found = list(reader.read(data))
+    if reader.skipped and not found:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(reader.skipped.items()))
+        warn(f"{label}: no pod or workload, only objects that hold no pod ({kinds})")
     if reader.events and not found:
         warn(
             f"{label}: {reader.events} audit event(s), none a pod create with its requestObject "
@@ -180,7 +225,10 @@ def _cases(label: str, data: bytes, stem: str, error: Report, warn: Report) -> I
     single = len(found) == 1
     for index, item in enumerate(found):
         who = pod_label(item.review)
-        if item.audit_id is not None:
+        if item.origin is not None:
+            key = _manifest_key(stem, item.origin)
+            display = f"{who} ({item.origin})"
+        elif item.audit_id is not None:
             key = stem if single else f"{stem}/{item.audit_id or f'{index + 1:04d}'}"
             display = f"{who} (auditID {item.audit_id})" if item.audit_id else who
         else:
@@ -189,11 +237,17 @@ def _cases(label: str, data: bytes, stem: str, error: Report, warn: Report) -> I
         yield Case(key, display, data if item.exact else orjson.dumps(item.review))
 
 
-def read_cases(inputs: Sequence[str], error: Report, warn: Report) -> Iterator[Case]:
+def read_cases(
+    inputs: Sequence[str],
+    error: Report,
+    warn: Report,
+    manifests: ManifestOptions | None = None,
+) -> Iterator[Case]:
     """Every review in the inputs; `error` and `warn` receive what could not be replayed."""
+    manifests = manifests or ManifestOptions()
     for item in inputs:
         if item == "-":
-            yield from _cases("-", sys.stdin.buffer.read(), "stdin", error, warn)
+            yield from _cases("-", sys.stdin.buffer.read(), "stdin", error, warn, manifests)
             continue
         path = Path(item)
         if path.is_dir():
@@ -201,8 +255,8 @@ def read_cases(inputs: Sequence[str], error: Report, warn: Report) -> Iterator[C
             for file in files:
                 # Relative to the directory: a/review.json and b/review.json stay distinct.
                 stem = file.relative_to(path).with_suffix("").as_posix()
-                yield from _cases(str(file), file.read_bytes(), stem, error, warn)
+                yield from _cases(str(file), file.read_bytes(), stem, error, warn, manifests)
         elif path.is_file():
-            yield from _cases(str(path), path.read_bytes(), path.stem, error, warn)
+            yield from _cases(str(path), path.read_bytes(), path.stem, error, warn, manifests)
         else:
             raise UsageError(f"{item}: no such file or directory")
