@@ -27,6 +27,7 @@ import yaml
 from webhook.cli import PROG, UsageError, flags, logs
 from webhook.cli.common import add_output_flag
 from webhook.cli.replay_inputs import Case, ManifestOptions, read_cases
+from webhook.cli.replay_recorded import RecordedExpectations
 from webhook.cli.replay_select import not_sent_response, selection_from
 from webhook.core.configmap import ConfigMapError
 from webhook.core.settings import CONFIG_MAP_NAME
@@ -61,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--update-expected",
         action="store_true",
         help="with --expect: (re)write the expected files instead of comparing",
+    )
+    parser.add_argument(
+        "--expect-recorded",
+        action="store_true",
+        help="compare responses with those stored by `serve --record-dir`; exit 1 on any "
+        "difference",
     )
     parser.add_argument(
         "--manifest-namespace",
@@ -256,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--update-expected needs --expect DIR")
     store = build_store(args)
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
+    recorded = RecordedExpectations() if args.expect_recorded else None
     problems = Problems()
     selection = selection_from(args.webhook_config, args.objects or [], warn)
     out = sys.stdout
@@ -285,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
                 out.write(_diff(case, before, after))
         if expectations is not None:
             expectations.check(case, response)
+        if recorded is not None:
+            recorded.check(case, response)
     if count == 0:
         if problems.count:
             return 2
@@ -293,6 +303,10 @@ def run(args: argparse.Namespace) -> int:
         warn(_nothing_mutated(unmutated))
     if expectations is not None:
         print(expectations.summary(count), file=sys.stderr)
+    if recorded is not None:
+        print(recorded.summary(), file=sys.stderr)
     if problems.count:
         return 2
+    if recorded is not None and recorded.failures:
+        return 1
     return 1 if expectations is not None and expectations.failures else 0

@@ -1,5 +1,6 @@
-"""What `replay` reads: AdmissionReview files, directories of them, stdin, audit logs, and
-manifests (Pods and workloads, as `kubectl apply -f` or `helm template` output has them).
+"""What `replay` reads: AdmissionReview files, directories of them, stdin, audit logs,
+manifests (Pods and workloads, as `kubectl apply -f` or `helm template` output has them), and
+`serve --record-dir` files (with their `.gz` rotations).
 
 Each review becomes a `Case` with two names: `key`, stable and unique per input (the file stem,
 or the auditID within an audit log), which names its `--expect` file; and `label`, the pod it
@@ -10,6 +11,7 @@ being replayed; Kubernetes objects that hold no pod (Services, ConfigMaps, ...) 
 
 from __future__ import annotations
 
+import gzip
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +25,10 @@ import yaml
 
 from webhook.cli import UsageError
 from webhook.review import V1
+from webhook.server.record import RECORD_KIND
 from webhook.toolkit.manifests import ManifestError, is_pod_source, pod_review
 
-SUFFIXES = (".json", ".yaml", ".yml", ".jsonl", ".log")
+SUFFIXES = (".json", ".yaml", ".yml", ".jsonl", ".log", ".gz")
 Report = Callable[[str], None]
 
 
@@ -34,6 +37,7 @@ class Case:
     key: str  # names DIR/<key>.json for --expect
     label: str  # the pod, for people
     body: bytes
+    recorded: bytes | None = None  # the answer `serve --record-dir` stored with the request
 
 
 def _text(value: Any) -> str:
@@ -93,6 +97,7 @@ class _Found:
     audit_id: str | None = None
     exact: bool = False  # the input's bytes are this review, as the API server sent them
     origin: str | None = None  # the manifest it was built from: "Deployment ns/name"
+    recorded: dict[str, Any] | None = None  # the server's answer, from a record file
 
 
 def _is_kube_object(document: Any) -> bool:
@@ -138,6 +143,11 @@ class _Reader:
                 yield _Found(converted, _text(document.get("auditID")))
         elif kind in ("EventList", "List") and isinstance(document.get("items"), list):
             yield from self.documents(document["items"], where)
+        elif kind == RECORD_KIND and isinstance(document.get("request"), dict):
+            response = document.get("response")
+            yield _Found(
+                document["request"], recorded=response if isinstance(response, dict) else None
+            )
         elif is_pod_source(document):
             try:
                 built = pod_review(document, self.manifests.namespace, self.manifests.now)
@@ -228,13 +238,34 @@ def _cases(
         if item.origin is not None:
             key = _manifest_key(stem, item.origin)
             display = f"{who} ({item.origin})"
+        elif item.recorded is not None:
+            uid = _text((item.review.get("request") or {}).get("uid"))
+            key = stem if single else f"{stem}/{uid or f'{index + 1:04d}'}"
+            display = f"{who} (uid {uid})" if uid else who
         elif item.audit_id is not None:
             key = stem if single else f"{stem}/{item.audit_id or f'{index + 1:04d}'}"
             display = f"{who} (auditID {item.audit_id})" if item.audit_id else who
         else:
             key = stem if single else f"{stem}-{index + 1:04d}"
             display = who
-        yield Case(key, display, data if item.exact else orjson.dumps(item.review))
+        recorded = orjson.dumps(item.recorded) if item.recorded is not None else None
+        yield Case(key, display, data if item.exact else orjson.dumps(item.review), recorded)
+
+
+def _stem(path: Path) -> Path:
+    """reviews.jsonl.gz and reviews.jsonl both name `reviews`."""
+    path = path.with_suffix("") if path.suffix == ".gz" else path
+    return path.with_suffix("")
+
+
+def _read(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as err:  # a rotation still being written, or not gzip at all
+        raise UsageError(f"{path}: not a complete gzip file: {err}") from None
 
 
 def read_cases(
@@ -254,9 +285,9 @@ def read_cases(
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
             for file in files:
                 # Relative to the directory: a/review.json and b/review.json stay distinct.
-                stem = file.relative_to(path).with_suffix("").as_posix()
-                yield from _cases(str(file), file.read_bytes(), stem, error, warn, manifests)
+                stem = _stem(file.relative_to(path)).as_posix()
+                yield from _cases(str(file), _read(file), stem, error, warn, manifests)
         elif path.is_file():
-            yield from _cases(str(path), path.read_bytes(), path.stem, error, warn, manifests)
+            yield from _cases(str(path), _read(path), _stem(path).name, error, warn, manifests)
         else:
             raise UsageError(f"{item}: no such file or directory")

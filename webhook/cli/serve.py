@@ -21,6 +21,7 @@ from webhook.server.app import (
 from webhook.server.grace import GraceLookup
 from webhook.server.listen import Endpoint, ListenError, bind, bound_address
 from webhook.server.metrics import Metrics
+from webhook.server.record import DEFAULT_MAX_BYTES, Recorder, RecordingEndpoint, RecordSettings
 from webhook.server.runner import Draining, Listener, ServerGroup, Timeouts
 from webhook.server.runner import run as run_servers
 from webhook.server.tls import CertificateReloader, TLSConfigError, server_context
@@ -163,11 +164,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="Upper bound of each ServiceAccount watch request (lists only at start or on error)",
     )
+    _add_record_flags(parser)
     flags.add_mutation_flags(parser)
     flags.add_klog_flags(parser)
     flags.bool_flag(parser, "version", False, "Display the version and exit")
     # pflag ignores positional arguments; so do we, with a warning (see normalize_argv).
     parser.add_argument("stray_arguments", nargs="*", help=argparse.SUPPRESS)
+
+
+def _add_record_flags(parser: argparse.ArgumentParser) -> None:
+    record = parser.add_argument_group("recording (new; for `replay`)")
+    record.add_argument(
+        "--record-dir",
+        default="",
+        metavar="DIR",
+        help="Write each review (request and answer) as a JSON line under DIR, for `replay`; "
+        "never blocks a request: a full queue drops and counts (off by default)",
+    )
+    record.add_argument(
+        "--record-max-bytes",
+        type=flags.go_int,
+        default=DEFAULT_MAX_BYTES,
+        help="Size budget of DIR's record files; the oldest gzipped rotation goes first",
+    )
+    record.add_argument(
+        "--record-sample",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="Record this fraction of the reviews (0.1: one in ten, at random)",
+    )
+    flags.bool_flag(
+        record,
+        "record-env-values",
+        False,
+        "Keep literal env values in the record (default: replaced by a keyed hash, equal for "
+        "equal values)",
+    )
+
+
+def _record_settings(args: argparse.Namespace) -> RecordSettings | None:
+    if not args.record_dir:
+        return None
+    if not 0.0 <= args.record_sample <= 1.0:
+        raise UsageError(f"--record-sample={args.record_sample}: must be between 0 and 1")
+    if args.record_max_bytes <= 0:
+        raise UsageError("--record-max-bytes must be positive")
+    return RecordSettings(
+        Path(args.record_dir),
+        max_bytes=args.record_max_bytes,
+        sample=args.record_sample,
+        redact=not args.record_env_values,
+    )
+
+
+def _recorder(
+    args: argparse.Namespace, settings: RecordSettings | None, metrics: Metrics
+) -> Recorder | None:
+    if settings is None:
+        return None
+    try:
+        return Recorder(settings, metrics.registry)
+    except OSError as err:
+        raise UsageError(f"--record-dir {args.record_dir}: {err}") from None
 
 
 def _container_credentials_job(path: str, store: IdentityStore) -> Job:
@@ -230,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             "Helm chart or `pod-identity-webhook certs generate`) and pass --tls-cert/--tls-key"
         )
     _warn_stray_arguments(args.stray_arguments)
+    record_settings = _record_settings(args)  # checked before any port is bound
     if args.port == args.metrics_port:
         raise UsageError(
             f"--port and --metrics-port are both {args.port}; the two listeners need two ports"
@@ -320,9 +380,13 @@ def run(args: argparse.Namespace) -> int:
         debug_handlers=args.enable_debugging_handlers,
         shutting_down=lambda: draining.active,
     )
+    recorder = _recorder(args, record_settings, metrics)
+    webhook_app = create_webhook_app(ctx)
+    if recorder is not None:
+        webhook_app = RecordingEndpoint(webhook_app, recorder)
     group = ServerGroup(
         listeners=[
-            Listener(create_webhook_app(ctx), https_sockets, tls_context),
+            Listener(webhook_app, https_sockets, tls_context),
             Listener(create_metrics_app(ctx), metrics_sockets),
         ],
         background=jobs,
@@ -339,6 +403,13 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(bound_address(sock) for sock in https_sockets),
         ", ".join(bound_address(sock) for sock in metrics_sockets),
     )
-    run_servers(group)
+    if recorder is not None:
+        recorder.start()
+        log.info("recording reviews in %s", args.record_dir)
+    try:
+        run_servers(group)
+    finally:
+        if recorder is not None:
+            recorder.close()
     log.info("shut down cleanly")
     return 0
