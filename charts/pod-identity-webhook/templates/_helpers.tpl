@@ -17,6 +17,40 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace of every namespaced object: namespaceOverride, else the release's. */}}
+{{- define "piw.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+metadata.annotations of one object, called with (list $ <its own annotations>): its own
+annotations over commonAnnotations; nothing when both are empty. Use as
+{{- with include "piw.annotations" (list $ .Values.x.annotations) }}{{ . | nindent 2 }}{{ end }}
+*/}}
+{{- define "piw.annotations" -}}
+{{- $ctx := index . 0 -}}
+{{- $own := index . 1 | default dict -}}
+{{- $all := merge (deepCopy $own) (deepCopy ($ctx.Values.commonAnnotations | default dict)) -}}
+{{- with $all -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets then global.imagePullSecrets, each a name or {name: ...}, as a list of {name}. */}}
+{{- define "piw.imagePullSecrets" -}}
+{{- $out := list -}}
+{{- range concat (.Values.imagePullSecrets | default list) ((.Values.global).imagePullSecrets | default list) -}}
+{{- $entry := ternary (dict "name" .) . (kindIs "string" .) -}}
+{{- if not (has $entry $out) -}}
+{{- $out = append $out $entry -}}
+{{- end -}}
+{{- end -}}
+{{- with $out -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "piw.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -56,8 +90,9 @@ otherwise image.registry (when not empty) is put in front. A digest pins the ima
 {{- $repo := $img.repository -}}
 {{- $first := first (splitList "/" $repo) -}}
 {{- $hasRegistry := and (contains "/" $repo) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
-{{- if and $img.registry (not $hasRegistry) -}}
-{{- $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo -}}
+{{- $registry := default $img.registry (.Values.global).imageRegistry -}}
+{{- if and $registry (not $hasRegistry) -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo -}}
 {{- end -}}
 {{- if $img.digest -}}
 {{- printf "%s@%s" $repo $img.digest -}}
@@ -78,7 +113,7 @@ otherwise image.registry (when not empty) is put in front. A digest pins the ima
 {{/* DNS names the serving certificate must carry (Service name forms). */}}
 {{- define "piw.serviceDNSNames" -}}
 {{- $svc := include "piw.fullname" . -}}
-{{- $ns := .Release.Namespace -}}
+{{- $ns := (include "piw.namespace" $) -}}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
 {{- end -}}
 
@@ -108,7 +143,7 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 */}}
 {{- define "piw.selfSignedTLS" -}}
 {{- $secretName := include "piw.tlsSecretName" . -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName -}}
+{{- $existing := lookup "v1" "Secret" (include "piw.namespace" $) $secretName -}}
 {{- $data := dict -}}
 {{- if $existing -}}
 {{- $data = $existing.data | default dict -}}
@@ -119,7 +154,7 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- $days := int .Values.tls.selfSigned.validityDays -}}
 {{- $ca := genCA (printf "%s-ca" (include "piw.fullname" .)) $days -}}
 {{- $dns := include "piw.serviceDNSNames" . | fromJsonArray -}}
-{{- $cn := printf "%s.%s.svc" (include "piw.fullname" .) .Release.Namespace -}}
+{{- $cn := printf "%s.%s.svc" (include "piw.fullname" .) (include "piw.namespace" $) -}}
 {{- $cert := genSignedCert $cn nil $dns $days $ca -}}
 {{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson -}}
 {{- end -}}
@@ -154,6 +189,30 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- if and (gt (int .Values.preStopDelaySeconds) 0) (le (int .Values.terminationGracePeriodSeconds) (int .Values.preStopDelaySeconds)) -}}
 {{- fail "terminationGracePeriodSeconds must exceed preStopDelaySeconds: the kubelet kills the container when the grace period ends, leaving no time to finish in-flight reviews after SIGTERM" -}}
 {{- end -}}
+{{- if and .Values.webhook.matchConditions (not (semverCompare ">=1.28-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail "webhook.matchConditions needs Kubernetes >= 1.28 (beta, on by default; GA in 1.30)" -}}
+{{- end -}}
+{{- $a := .Values.autoscaling -}}
+{{- if $a.enabled -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if not ((.Values.resources).requests).cpu -}}
+{{- fail "autoscaling.enabled needs resources.requests.cpu: the HPA's CPU utilization is a percentage of it" -}}
+{{- end -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if and $pdb.enabled (kindIs "invalid" $pdb.maxUnavailable) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int $a.minReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas (%d) must exceed podDisruptionBudget.minAvailable (%d), or a scaled-in Deployment blocks every node drain" (int $a.minReplicas) (int $pdb.minAvailable)) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .Values.podAntiAffinity "hard" -}}
+{{- $s := .Values.deployment.strategy | default dict -}}
+{{- $ru := $s.rollingUpdate | default dict -}}
+{{- /* An absent maxUnavailable is the API's 25%, which rounds down to 0 below 4 replicas. */}}
+{{- if and $s (eq (default "RollingUpdate" $s.type) "RollingUpdate") (has (toString (default "25%" $ru.maxUnavailable)) (list "0" "0%" "25%")) -}}
+{{- fail "podAntiAffinity=hard with deployment.strategy.rollingUpdate.maxUnavailable=0 deadlocks a rollout on a pool with one node per replica (the surge pod has no node to go to): leave deployment.strategy empty (the chart then uses maxUnavailable=1, maxSurge=0), set maxUnavailable to 1, or use podAntiAffinity=soft" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.containerCredentials.enabled (not .Values.containerCredentials.existingConfigMap) (not .Values.containerCredentials.identities) -}}
 {{- fail "containerCredentials.enabled needs containerCredentials.identities or containerCredentials.existingConfigMap" -}}
 {{- end -}}
@@ -175,7 +234,7 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- with $c.tlsCipherSuites }}
 - {{ printf "--tls-cipher-suites=%s" (join "," .) | quote }}
 {{- end }}
-- {{ printf "--namespace=%s" .Release.Namespace | quote }}
+- {{ printf "--namespace=%s" (include "piw.namespace" $) | quote }}
 - {{ printf "--service-name=%s" (include "piw.fullname" .) | quote }}
 - {{ printf "--annotation-prefix=%s" $c.annotationPrefix | quote }}
 - {{ printf "--token-audience=%s" $c.tokenAudience | quote }}
@@ -189,7 +248,8 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- if $c.composeRoleArn }}
 - --compose-role-arn=true
 {{- with $c.awsAccountId }}
-- {{ printf "--aws-account-id=%s" (toString .) | quote }}
+{{- /* A number from a values file arrives as a float64: print all 12 digits, leading zeros too. */}}
+- {{ printf "--aws-account-id=%s" (ternary (printf "%012.0f" (float64 .)) (toString .) (or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .))) | quote }}
 {{- end }}
 {{- end }}
 {{- with $c.awsPartition }}
@@ -233,4 +293,23 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- range $c.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+
+{{/*
+The Deployment's strategy: deployment.strategy when given; otherwise RollingUpdate that never
+drops below the replica count (maxUnavailable 0, maxSurge 1) or, with podAntiAffinity=hard,
+one pod at a time (maxUnavailable 1, maxSurge 0): a required anti-affinity leaves a surge pod
+no node on a pool with one node per replica, and the rollout would never finish.
+*/}}
+{{- define "piw.strategy" -}}
+{{- with .Values.deployment.strategy -}}
+{{- toYaml . -}}
+{{- else -}}
+{{- $hard := eq .Values.podAntiAffinity "hard" -}}
+type: RollingUpdate
+rollingUpdate:
+  maxUnavailable: {{ ternary 1 0 $hard }}
+  maxSurge: {{ ternary 0 1 $hard }}
+{{- end -}}
 {{- end -}}
