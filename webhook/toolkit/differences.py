@@ -306,7 +306,7 @@ ONLY_FIELDS_WE_READ = Documented(
 class Verdict:
     kind: str  # identical | documented | differs | error
     documented: tuple[Documented, ...] = ()
-    detail: str = ""  # the unified diff (differs), or what went wrong (error)
+    detail: str = ""  # the unified diff (documented, differs), or what went wrong (error)
 
     @property
     def undocumented(self) -> bool:
@@ -315,7 +315,7 @@ class Verdict:
     def describe(self) -> str:
         if self.kind == "documented":
             return "differs as documented: " + "; ".join(
-                f"{d.name} ({d.readme})" for d in self.documented
+                f"{d.name} ({d.readme.replace('**', '').replace('`', '')})" for d in self.documented
             )
         return {"identical": "identical", "differs": "differs", "error": "error"}[self.kind]
 
@@ -352,5 +352,5 @@ def classify(
         if (sides.ours, sides.theirs) != before:
             used.append(documented)
         if canonical(sides.ours) == canonical(sides.theirs):
-            return Verdict("documented", tuple(used))
+            return Verdict("documented", tuple(used), diff(a, b))
     return Verdict("differs", detail=diff(a, b))

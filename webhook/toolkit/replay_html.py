@@ -1,12 +1,14 @@
 """`replay --report FILE.html`: one static page, viewable offline (inline CSS, no scripts, no
-external assets), with the counts and, per review, the diff, the warnings and the --against
-verdict. Everything taken from the inputs is HTML-escaped."""
+external assets, links only within the page), with the counts and, per review, the diff, the
+warnings and the --against verdict. Everything taken from the inputs is HTML-escaped."""
 
 from __future__ import annotations
 
 from html import escape
 
 from webhook.toolkit.replay_report import STATUSES, VERDICTS, CaseResult, Results
+
+FOLD_NAMESPACES = 8  # more namespaces than this: their table starts folded
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #1b1f24; }
@@ -28,6 +30,8 @@ pre.diff .add { color: #116329; background: #e6ffec; display: block; }
 pre.diff .del { color: #82071e; background: #ffebe9; display: block; }
 pre.diff .hunk { color: #6639ba; display: block; }
 ul.warnings { color: #7a4d00; }
+details > summary { cursor: pointer; color: #444; }
+ul.index li { margin: 0.2em 0; } ul.index a { font-family: ui-monospace, monospace; }
 """
 
 
@@ -48,20 +52,26 @@ def _diff_html(diff: str) -> str:
     return '<pre class="diff">' + "".join(lines) + "</pre>"
 
 
-def _counts_table(results: Results) -> str:
-    head = "".join(f"<th>{escape(s)}</th>" for s in STATUSES)
-    rows = [f"<tr><th>namespace</th>{head}<th>total</th></tr>"]
+def _counts_row(results: Results, name: str, namespace: str | None, css: str) -> str:
+    counts = results.counts(namespace)
+    cells = "".join(f'<td data-status="{escape(s)}">{counts[s]}</td>' for s in STATUSES)
+    total = sum(counts.values())
+    return f'<tr class="{css}"><th>{escape(name)}</th>{cells}<td>{total}</td></tr>'
 
-    def row(name: str, namespace: str | None, css: str) -> str:
-        counts = results.counts(namespace)
-        cells = "".join(f'<td data-status="{escape(s)}">{counts[s]}</td>' for s in STATUSES)
-        return (
-            f'<tr class="{css}"><th>{escape(name)}</th>{cells}<td>{sum(counts.values())}</td></tr>'
-        )
 
-    rows.extend(row(ns or "-", ns, "namespace") for ns in results.namespaces())
-    rows.append(row("all", None, "total"))
-    return '<table class="counts" id="counts">' + "".join(rows) + "</table>"
+def _counts_tables(results: Results) -> str:
+    """The totals, then the same per namespace (folded away when there are many)."""
+    head = "<tr><th></th>" + "".join(f"<th>{escape(s)}</th>" for s in STATUSES)
+    head += "<th>total</th></tr>"
+    totals = _counts_row(results, "all", None, "total")
+    namespaces = results.namespaces()
+    rows = "".join(_counts_row(results, ns or "-", ns, "namespace") for ns in namespaces)
+    opened = " open" if len(namespaces) <= FOLD_NAMESPACES else ""
+    return (
+        f'<table class="counts" id="counts">{head}{totals}</table>'
+        f"<details{opened}><summary>per namespace ({len(namespaces)})</summary>"
+        f'<table class="counts" id="namespaces">{head}{rows}</table></details>'
+    )
 
 
 def _verdicts_table(results: Results) -> str:
@@ -76,10 +86,28 @@ def _verdicts_table(results: Results) -> str:
     )
 
 
-def _case_html(case: CaseResult) -> str:
+def _differences_index(results: Results) -> str:
+    """Links to the reviews the other webhook answered differently, first thing on the page."""
+    listed = [
+        (index, case)
+        for index, case in enumerate(results.cases)
+        if case.verdict is not None and case.verdict.kind != "identical"
+    ]
+    if not listed:
+        return ""
+    items = "".join(
+        f'<li><a href="#case-{index}">{escape(case.label)}</a> '
+        f'<span class="status v-{case.verdict.kind}">{escape(case.verdict.describe())}</span></li>'
+        for index, case in listed
+        if case.verdict is not None
+    )
+    return f'<h3>Answered differently ({len(listed)})</h3><ul class="index">{items}</ul>'
+
+
+def _case_html(index: int, case: CaseResult) -> str:
     status_css = "s-" + case.status.replace(" ", "-")
     parts = [
-        f'<section class="case" data-status="{escape(case.status)}">',
+        f'<section class="case" id="case-{index}" data-status="{escape(case.status)}">',
         f'<h2>{escape(case.label)} <span class="status {status_css}">{escape(case.status)}</span>',
     ]
     if case.verdict is not None:
@@ -87,7 +115,7 @@ def _case_html(case: CaseResult) -> str:
             f' <span class="status v-{case.verdict.kind}">{escape(case.verdict.describe())}</span>'
         )
     parts.append("</h2>")
-    if case.reason:
+    if case.reason and case.reason != case.status:
         parts.append(f"<p>{escape(case.reason)}</p>")
     if case.warnings:
         items = "".join(f"<li>{escape(w)}</li>" for w in case.warnings)
@@ -95,7 +123,7 @@ def _case_html(case: CaseResult) -> str:
     if case.diff:
         parts.append(_diff_html(case.diff))
     if case.verdict is not None and case.verdict.detail:
-        parts.append(f"<p>Against the other webhook ({escape(case.verdict.kind)}):</p>")
+        parts.append("<p>The other webhook's pod (-) against ours (+):</p>")
         parts.append(_diff_html(case.verdict.detail))
     parts.append("</section>")
     return "".join(parts)
@@ -106,9 +134,10 @@ def render_report(results: Results, title: str = "pod-identity-webhook replay") 
         f"<h1>{escape(title)}</h1>",
         f"<p>{len(results.cases)} review(s); {results.input_errors} input(s) could not be "
         "replayed (see the command's stderr).</p>",
-        _counts_table(results),
+        _counts_tables(results),
         _verdicts_table(results),
-        *(_case_html(c) for c in results.cases),
+        _differences_index(results),
+        *(_case_html(i, c) for i, c in enumerate(results.cases)),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

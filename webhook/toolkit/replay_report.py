@@ -127,7 +127,8 @@ def wide_table(results: Results) -> str:
     for case in results.cases:
         pod = case.label.split("/", 1)[-1]
         verdict = case.verdict.kind if case.verdict is not None else "-"
-        rows.append((case.namespace or "-", pod, case.status, verdict, case.reason or "-"))
+        reason = case.reason if case.reason and case.reason != case.status else "-"
+        rows.append((case.namespace or "-", pod, case.status, verdict, reason))
     totals = [("NAMESPACE", *(s.upper() for s in STATUSES))]
     for namespace in results.namespaces():
         counts = results.counts(namespace)
