@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the pinned e2e binaries and prints, as the LAST line of stdout, the
 # directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl,
-# etcd, helm, amazon-eks-pod-identity-webhook.
+# etcd, helm, amazon-eks-pod-identity-webhook, and (when Go is installed) the single-module
+# tools of EXTRA_TOOLS below (helm-docs, promtool).
 #
 #   e2e/tools/build.sh          build what is missing, print the directory
 #   e2e/tools/build.sh --sync   regenerate the tools modules' go.mod+go.sum from versions.env
@@ -36,6 +37,16 @@ OVERRIDE_VARS=(PIW_KUBE_APISERVER PIW_KUBE_CONTROLLER_MANAGER PIW_KUBE_SCHEDULER
     PIW_KUBECTL PIW_ETCD PIW_HELM PIW_UPSTREAM_WEBHOOK)
 cache_root="${PIW_E2E_CACHE:-$HOME/.cache/pod-identity-webhook/e2e-tools}"
 
+# Single-module tools: "DIR MODULE VERSION_VAR PACKAGE BINARY". Each is cached under a key of
+# its own module, so adding or bumping one does not rebuild the Kubernetes binaries.
+EXTRA_TOOLS=(
+    "helmdocs github.com/norwoodj/helm-docs HELM_DOCS_VERSION github.com/norwoodj/helm-docs/cmd/helm-docs helm-docs"
+    "promtool github.com/prometheus/prometheus PROMETHEUS_VERSION github.com/prometheus/prometheus/cmd/promtool promtool"
+)
+# The core modules, whose go.mod/go.sum (and versions.env above its EXTRA_TOOLS marker) key
+# the cache of the binaries in NAMES.
+CORE_DIRS=(etcd helm kube webhook)
+
 # The tools modules must stand alone, whatever go.work or GOFLAGS the caller has.
 export GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly"
 
@@ -68,6 +79,11 @@ sync_modules() {
     sync_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
     sync_simple helm helm.sh/helm/v3 "$HELM_VERSION"
     sync_simple webhook github.com/aws/amazon-eks-pod-identity-webhook "$UPSTREAM_WEBHOOK_VERSION"
+    local tool dir mod var
+    for tool in "${EXTRA_TOOLS[@]}"; do
+        read -r dir mod var _ <<<"$tool"
+        sync_simple "$dir" "$mod" "${!var:?$var missing from versions.env}"
+    done
     log "synced the tools modules to versions.env; commit their go.mod and go.sum"
 }
 
@@ -93,6 +109,7 @@ check_modules() {
 etcd go.etcd.io/etcd/server/v3 $ETCD_VERSION
 helm helm.sh/helm/v3 $HELM_VERSION
 webhook github.com/aws/amazon-eks-pod-identity-webhook $UPSTREAM_WEBHOOK_VERSION
+$(for tool in "${EXTRA_TOOLS[@]}"; do read -r dir mod var _ <<<"$tool"; echo "$dir $mod ${!var:?}"; done)
 MODULES
 }
 
@@ -168,6 +185,30 @@ build() {
     log "built $name in $((SECONDS - start))s"
 }
 
+# build_extra TOOL OUT: builds one EXTRA_TOOLS entry under its own key (unless cached) and
+# links it into OUT.
+build_extra() {
+    local dir mod var pkg bin key tdir tmp start
+    read -r dir mod var pkg bin <<<"$1"
+    key="$(cd "$here" && { echo "recipe=$RECIPE"; go version; echo "$mod ${!var}"; cat "$dir/go.mod" "$dir/go.sum"; } |
+        sha256sum | cut -c1-16)"
+    tdir="$cache_root/tools/$bin-$key"
+    if [[ ! -x "$tdir/$bin" ]]; then
+        mkdir -p "$tdir"
+        tmp="$(mktemp -d "$tdir/.build.XXXXXX")"
+        start=$SECONDS
+        log "building $bin ($mod ${!var})"
+        go -C "$here/$dir" build -p 2 -trimpath -ldflags="-s -w" -o "$tmp/$bin" "$pkg" ||
+            { rm -rf "$tmp"; die "building $bin failed"; }
+        "$tmp/$bin" --help >/dev/null 2>&1 || { rm -rf "$tmp"; die "$bin does not run"; }
+        mv -f "$tmp/$bin" "$tdir/$bin"
+        rm -rf "$tmp"
+        log "built $bin in $((SECONDS - start))s"
+    fi
+    touch "$tdir"
+    link_into "$2" "$bin" "$tdir/$bin"
+}
+
 link_into() { # link_into DIR NAME TARGET
     ln -sfn "$(readlink -f "$3")" "$1/$2"
 }
@@ -199,7 +240,10 @@ main() {
         local key
         key="$(
             cd "$here"
-            { echo "recipe=$RECIPE"; go version; cat versions.env ./*/go.mod ./*/go.sum; } |
+            # versions.env only above the EXTRA_TOOLS marker: extra tools have keys of their own.
+            { echo "recipe=$RECIPE"; go version; sed '/^# --- EXTRA_TOOLS/,$d' versions.env
+              for d in "${CORE_DIRS[@]}"; do cat "$d/go.mod"; done
+              for d in "${CORE_DIRS[@]}"; do cat "$d/go.sum"; done; } |
                 sha256sum | cut -c1-16
         )"
         gobuilt="$cache_root/$key"
@@ -211,6 +255,8 @@ main() {
             name="${NAMES[$i]}"; var="${OVERRIDE_VARS[$i]}"
             [[ -n "${!var:-}" || -x "$gobuilt/$name" ]] || build "$name" "$gobuilt"
         done
+        local tool
+        for tool in "${EXTRA_TOOLS[@]}"; do build_extra "$tool" "$gobuilt"; done
         flock -u 9
         # Keys of other checkouts/branches stay usable; drop only long-unused ones.
         touch "$gobuilt"
@@ -235,6 +281,10 @@ main() {
                 link_into "$out" "$name" "$gobuilt/$name"
             fi
         done
+        if have_go; then
+            local tool
+            for tool in "${EXTRA_TOOLS[@]}"; do build_extra "$tool" "$out"; done
+        fi
     fi
     echo "$out" >&3
 }

@@ -33,8 +33,10 @@ def _pod(service_account: str) -> dict[str, Any]:
 
 
 def _dry_run_create(api: client.CoreV1Api, namespace: str, service_account: str) -> dict[str, Any]:
-    response = api.create_namespaced_pod(
-        namespace, _pod(service_account), dry_run="All", _preload_content=False
+    # _preload_content=False: the raw answer (a urllib3 response), not a V1Pod model.
+    body: Any = _pod(service_account)  # the client serializes plain dicts as they are
+    response: Any = api.create_namespaced_pod(
+        namespace, body, dry_run="All", _preload_content=False
     )
     pod: dict[str, Any] = json.loads(response.data)
     return pod
@@ -46,18 +48,22 @@ def problems(pod: dict[str, Any], want: dict[str, str]) -> list[str]:
     found: list[str] = []
     container = (spec.get("containers") or [{}])[0]
     env = {e.get("name"): e.get("value") for e in container.get("env") or []}
-    token_file = f"{want['mount_path']}/token"
-    for name, value in (("AWS_ROLE_ARN", want["role_arn"]), ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file)):
+    expected_env = {
+        "AWS_ROLE_ARN": want["role_arn"],
+        "AWS_WEB_IDENTITY_TOKEN_FILE": f"{want['mount_path']}/token",
+    }
+    for name, value in expected_env.items():
         if env.get(name) != value:
             found.append(f"env {name} is {env.get(name)!r}, want {value!r}")
     mounts = {m.get("name"): m.get("mountPath") for m in container.get("volumeMounts") or []}
-    if mounts.get(TOKEN_VOLUME) != want["mount_path"]:
-        found.append(f"volumeMount {TOKEN_VOLUME} is {mounts.get(TOKEN_VOLUME)!r}, want {want['mount_path']!r}")
+    mount = mounts.get(TOKEN_VOLUME)
+    if mount != want["mount_path"]:
+        found.append(f"volumeMount {TOKEN_VOLUME} is {mount!r}, want {want['mount_path']!r}")
     volume = next((v for v in spec.get("volumes") or [] if v.get("name") == TOKEN_VOLUME), None)
     sources = ((volume or {}).get("projected") or {}).get("sources") or [{}]
     audience = (sources[0].get("serviceAccountToken") or {}).get("audience")
     if audience != want["audience"]:
-        found.append(f"volume {TOKEN_VOLUME} token audience is {audience!r}, want {want['audience']!r}")
+        found.append(f"{TOKEN_VOLUME} token audience is {audience!r}, want {want['audience']!r}")
     return found
 
 
@@ -69,13 +75,13 @@ def main() -> int:
     }
     namespace = os.environ["PIW_TEST_NAMESPACE"]
     service_account = os.environ["PIW_TEST_SERVICE_ACCOUNT"]
-    config.load_incluster_config()
+    config.load_incluster_config()  # type: ignore[no-untyped-call]
     api = client.CoreV1Api()
     deadline = time.monotonic() + DEADLINE_SECONDS
     while True:
         found = problems(_dry_run_create(api, namespace, service_account), want)
         if not found:
-            print(f"ok: a pod of {namespace}/{service_account} gets {want['role_arn']} and its token")
+            print(f"ok: pods of {namespace}/{service_account} get {want['role_arn']} and a token")
             return 0
         if time.monotonic() > deadline:
             print("FAIL: the webhook did not inject credentials:", *found, sep="\n  ")
