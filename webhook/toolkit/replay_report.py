@@ -104,7 +104,7 @@ class Results:
 
 
 def _counts_text(counts: Counter[str]) -> str:
-    return ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+    return ", ".join(f"{counts[s]} {s}" + ("(s)" if s == "error" else "") for s in STATUSES)
 
 
 def summary_lines(results: Results) -> list[str]:
