@@ -3,10 +3,13 @@
 #   podman build -t pod-identity-webhook:$(python3 -c 'import webhook; print(webhook.__version__)') .
 #   (or docker build; `make image` does this and prints how to load or push the result)
 #
-# Stage 1 builds the project's wheel and installs it, with its dependencies, into a
-# virtualenv at /opt/venv. Stage 2 is the same base with only that venv added: no compiler,
-# no pip (neither the venv's nor the base image's), a numeric non-root user, and nothing
-# written at run time, so it runs with readOnlyRootFilesystem.
+# Stage 1 installs the locked dependencies into a virtualenv at /opt/venv (pip
+# --require-hashes --no-deps from requirements/runtime.txt: nothing resolved at build time),
+# then builds the project's wheel with the locked setuptools (requirements/build.txt, in a
+# throwaway venv) and adds it with --no-deps. The dependency layer comes before the source
+# COPY, so a source change reuses it. Stage 2 is the same base with only that venv added: no
+# compiler, no pip (neither the venv's nor the base image's), a numeric non-root user, and
+# nothing written at run time, so it runs with readOnlyRootFilesystem.
 #
 # BASE_IMAGE is the official python:3.12-slim multi-arch index, pinned by digest (3.12.13 on
 # Debian trixie, as published in August 2026; re-resolve with
@@ -29,17 +32,31 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
+
+# The venvs' own pip (from ensurepip) installs, so the base needs no pip. Bytecode is
+# compiled here, since nothing can be written at run time, but not by pip: the kubernetes
+# client's asyncio copy (25 MB of .pyc) is left out, as the webhook never imports it.
+# unchecked-hash .pyc files do not record source mtimes, so they stay valid whatever
+# timestamps the layers get (podman build --timestamp in make release).
+COPY requirements/runtime.txt requirements/build.txt requirements/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/python3 -m pip install --no-compile --require-hashes --no-deps \
+        -r requirements/runtime.txt \
+ && /opt/venv/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
+        -x '/kubernetes/aio/' /opt/venv/lib \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/python3 -m pip install --require-hashes --no-deps -r requirements/build.txt
+
 # .dockerignore keeps the context to the package sources and project metadata.
 COPY . .
 
-# The venv's own pip (from ensurepip) builds and installs, so the base needs no pip.
-# Bytecode is compiled here, since nothing can be written at run time, but not by pip: the
-# kubernetes client's asyncio copy (25 MB of .pyc) is left out, as the webhook never imports it.
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/python3 -m pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/python3 -m pip install --no-compile /wheels/*.whl \
+# pip check: the lock holds everything the project's metadata asks for.
+RUN /opt/build/bin/python3 -m pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/python3 -m pip install --no-compile --no-deps /wheels/*.whl \
+ && /opt/venv/bin/python3 -m pip check \
  && /opt/venv/bin/python3 -m pip uninstall -y pip setuptools wheel \
- && /opt/venv/bin/python3 -m compileall -q -x '/kubernetes/aio/' /opt/venv/lib \
+ && /opt/venv/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
+        -x '/kubernetes/aio/' /opt/venv/lib \
  && /opt/venv/bin/pod-identity-webhook --version
 
 
@@ -47,7 +64,6 @@ FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
 ARG SOURCE=https://github.com/pod-identity-webhook/pod-identity-webhook
-
 LABEL org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.title="pod-identity-webhook" \
@@ -74,5 +90,13 @@ USER 65532:65532
 
 # 8443: HTTPS /mutate, /healthz, /readyz (--port). 9999: HTTP /metrics (--metrics-port).
 EXPOSE 8443 9999
+
+# The commit built and its time (RFC 3339): make release passes `git rev-parse HEAD` and the
+# commit's date, so rebuilding one commit labels it the same. Last, so that a new commit
+# reuses every layer above.
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 
 ENTRYPOINT ["pod-identity-webhook"]

@@ -29,11 +29,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 import webhook
 from e2e.controlplane import free_port
 from e2e.images import BOTOCORE_VERSION, Images, build_images
 from e2e.images.host import HostToolError
+from e2e.images.lock import locked_pins
 from e2e.images.podman import PodmanError, inspect, podman
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,6 +115,36 @@ def test_webhook_image_has_no_pip(images: Images) -> None:
     # Nor a wheel ensurepip or venv could reinstall it from.
     wheels = sh(ref, "find / -xdev -name 'pip-*.whl' 2>/dev/null; true")
     assert wheels.strip() == ""
+
+
+_DISTRIBUTIONS = """
+import importlib.metadata as m
+for d in m.distributions():
+    print(d.metadata["Name"], d.version)
+"""
+
+
+def test_webhook_image_installs_exactly_the_runtime_lock(images: Images) -> None:
+    """Every locked runtime pin at its version, plus the project, and nothing else (no
+    uvicorn[standard] extras such as watchfiles, no build tools)."""
+    out = run(images.webhook.ref, "-c", _DISTRIBUTIONS, options=("--entrypoint", "python3"))
+    installed: dict[str, str] = {}
+    for line in out.strip().splitlines():
+        name, version = line.split()
+        installed[canonicalize_name(name)] = version
+    assert installed.pop("pod-identity-webhook") == webhook.__version__
+    assert installed == locked_pins()
+    assert {"httptools", "uvloop"} <= installed.keys()
+    assert not {"watchfiles", "websockets", "python-dotenv", "setuptools"} & installed.keys()
+
+
+def test_webhook_image_has_oci_revision_and_created_labels(images: Images) -> None:
+    config = inspect(images.webhook.ref)["Config"]
+    assert isinstance(config, dict)
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == webhook.__version__
+    # The e2e build leaves them at their defaults (a per-commit value would defeat its cache).
+    assert {"org.opencontainers.image.revision", "org.opencontainers.image.created"} <= set(labels)
 
 
 # Imports every webhook module, then lists the venv modules loaded without bytecode on disk.

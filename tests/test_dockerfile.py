@@ -1,11 +1,12 @@
 """The container image recipe, checked without a container engine.
 
 The Dockerfile is parsed as text and its properties asserted (a digest-pinned BASE_IMAGE
-argument shared by both stages, a final stage with no package installs, a numeric non-root
-USER, the exact ENTRYPOINT, OCI labels); then the builder stage's install steps are
-replayed on this machine (fresh venv -> its pip builds the wheel and installs it -> pip
-removed) and the installed console script is run. e2e/test_image.py builds and runs the
-real image.
+argument shared by both stages, dependencies from the hashed lock before the source COPY, a
+final stage with no package installs, a numeric non-root USER, the exact ENTRYPOINT, OCI
+labels); then the builder stage's install steps are replayed on this machine (fresh venv ->
+the runtime lock with --require-hashes -> the wheel built by the locked setuptools, added
+with --no-deps -> pip removed) and the installed console script is run.
+e2e/test_image.py builds and runs the real image.
 """
 
 from __future__ import annotations
@@ -119,19 +120,53 @@ def test_no_step_assumes_a_python_command_or_a_base_pip(stages: list[Stage]) -> 
         # A command word: at the start, or after a shell operator.
         assert not re.search(r"(^|[;&|(]\s*)python\s", runs), f"bare `python` in {runs!r}"
         assert not re.search(r"(^|[;&|(]\s*)pip3?\s", runs), f"a pip command in {runs!r}"
-        base_pip = re.findall(r"(?<!/opt/venv/bin/)python3 -m pip (\w+)", runs)
+        base_pip = re.findall(r"(?<!/opt/venv/bin/)(?<!/opt/build/bin/)python3 -m pip (\w+)", runs)
         assert set(base_pip) <= {"--version", "uninstall"}, base_pip
 
 
-def test_builder_builds_a_wheel_into_opt_venv(stages: list[Stage]) -> None:
+def test_builder_installs_the_runtime_lock_before_the_sources(stages: list[Stage]) -> None:
+    """Only the lock is copied before the dependency install, so a source change reuses
+    that layer; pip installs exactly the locked, hashed files and resolves nothing."""
+    builder = stages[0]
+    steps = [i for i in builder.instructions if i.keyword in ("COPY", "RUN")]
+    copies = [n for n, i in enumerate(steps) if i.keyword == "COPY"]
+    assert [steps[n].args for n in copies] == [
+        "requirements/runtime.txt requirements/build.txt requirements/",
+        ". .",
+    ]
+    before_sources = "\n".join(i.args for i in steps[: copies[1]] if i.keyword == "RUN")
+    assert re.search(
+        r"/opt/venv/bin/python3 -m pip install (--no-compile )?--require-hashes --no-deps\s+"
+        r"-r requirements/runtime\.txt",
+        before_sources,
+    ), before_sources
+    assert "-m pip install --require-hashes --no-deps -r requirements/build.txt" in before_sources
+
+
+def test_builder_adds_the_project_wheel_without_dependencies(stages: list[Stage]) -> None:
     runs = run_commands(stages[0])
     assert runs.index("python3 -m venv /opt/venv") < runs.index("pip wheel")
-    assert "/opt/venv/bin/python3 -m pip wheel --no-deps --wheel-dir /wheels ." in runs
-    assert re.search(r"/opt/venv/bin/python3 -m pip install (--no-compile )?/wheels/\S*\.whl", runs)
+    assert (
+        "/opt/build/bin/python3 -m pip wheel --no-build-isolation --no-deps --wheel-dir /wheels ."
+        in runs
+    ), "the wheel must be built by the locked setuptools, not an unpinned isolated one"
+    assert re.search(
+        r"/opt/venv/bin/python3 -m pip install (--no-compile )?--no-deps /wheels/\S*\.whl", runs
+    )
+    assert runs.index("/opt/venv/bin/python3 -m pip check") < runs.index("pip uninstall")
     assert re.search(r"/opt/venv/bin/python3 -m pip uninstall -y pip\b", runs), (
         "the venv must not ship pip"
     )
     assert "/opt/venv/bin/pod-identity-webhook --version" in runs
+
+
+def test_bytecode_does_not_depend_on_file_timestamps(stages: list[Stage]) -> None:
+    """Timestamp-checked .pyc go stale when a build rewrites layer mtimes; on a read-only
+    root Python would then recompile every module at each start."""
+    runs = run_commands(stages[0])
+    compiles = re.findall(r"-m compileall[^&]*", runs)
+    assert compiles, runs
+    assert all("--invalidation-mode unchecked-hash" in c for c in compiles), compiles
 
 
 def test_pip_cert_argument_stays_in_the_builder(stages: list[Stage]) -> None:
@@ -185,13 +220,16 @@ def test_final_stage_runtime_settings(stages: list[Stage]) -> None:
     assert {"8443", "9999"} <= exposed
 
 
-def test_oci_labels_use_version_arg(stages: list[Stage]) -> None:
+def test_oci_labels_come_from_build_arguments(stages: list[Stage]) -> None:
     final = stages[-1]
     args = {i.args.split("=", 1)[0] for i in final.all("ARG")}
-    assert "VERSION" in args
+    assert {"VERSION", "REVISION", "CREATED"} <= args
     labels = label_values(final)
     assert labels.get("org.opencontainers.image.version") == "${VERSION}"
+    assert labels.get("org.opencontainers.image.revision") == "${REVISION}"
+    assert labels.get("org.opencontainers.image.created") == "${CREATED}"
     assert labels.get("org.opencontainers.image.source", "").strip()
+    assert labels.get("org.opencontainers.image.licenses") == "Apache-2.0"
 
 
 def test_version_arg_default_matches_package() -> None:
@@ -209,7 +247,7 @@ def test_dockerignore_excludes_local_state() -> None:
     for required in (".venv", ".git", ".pytest_cache", "certs/out", "**/__pycache__"):
         assert required in patterns, f".dockerignore must exclude {required}"
     assert not any(p.startswith("!") for p in patterns), "no re-includes expected"
-    for needed in ("pyproject.toml", "webhook", "README.md"):
+    for needed in ("pyproject.toml", "webhook", "README.md", "LICENSE", "requirements"):
         assert needed not in patterns, f".dockerignore must keep {needed}"
 
 
@@ -218,6 +256,7 @@ def _copy_project(dest: Path) -> Path:
     src = dest / "src"
     src.mkdir()
     shutil.copy2(REPO / "pyproject.toml", src / "pyproject.toml")
+    shutil.copytree(REPO / "requirements", src / "requirements")
     for name in ("README.md", "LICENSE", "NOTICE"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, src / name)
@@ -231,15 +270,16 @@ def _copy_project(dest: Path) -> Path:
 
 @pytest.mark.timeout(600)
 def test_image_install_steps_produce_a_working_console_script(tmp_path: Path) -> None:
-    """Replays the builder stage: fresh venv, its pip builds the wheel and installs it, pip goes."""
+    """Replays the builder stage: the runtime lock into a fresh venv, the wheel built by the
+    locked setuptools in a second venv and added with --no-deps, pip check, pip removed."""
     src = _copy_project(tmp_path)
     wheels = tmp_path / "wheels"
-    venv = tmp_path / "venv"
+    venv, build = tmp_path / "venv", tmp_path / "build"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
 
-    def run(*cmd: str | Path, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+    def run(*cmd: str | Path, cwd: Path = src) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=540
         )
@@ -248,12 +288,19 @@ def test_image_install_steps_produce_a_working_console_script(tmp_path: Path) ->
 
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python3"
-    run(python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", wheels, ".", cwd=src)
+    pip_install = ("-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r")
+    run(python, *pip_install, "requirements/runtime.txt")
+    run(sys.executable, "-m", "venv", build)
+    run(build / "bin" / "python3", *pip_install, "requirements/build.txt")
+    run(build / "bin" / "python3", "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+        "--wheel-dir", wheels, ".")  # fmt: skip
     built = sorted(wheels.glob("pod_identity_webhook-*.whl"))
     assert len(built) == 1, built
     assert f"-{webhook.__version__}-" in built[0].name
 
-    run(python, "-m", "pip", "install", "--quiet", built[0])
+    run(python, "-m", "pip", "install", "--quiet", "--no-deps", built[0])
+    # The lock satisfies every requirement the wheel's metadata declares.
+    run(python, "-m", "pip", "check")
     run(python, "-m", "pip", "uninstall", "-y", "pip")
     no_pip = subprocess.run(
         [str(python), "-m", "pip", "--version"], env=env, capture_output=True, text=True
