@@ -122,9 +122,14 @@ image:
 	echo "  $$e tag $$ref <registry>/pod-identity-webhook:$$version"; \
 	echo "  $$e push <registry>/pod-identity-webhook:$$version"
 
+## release: dist/ from HEAD: wheel, sdist, image (OCI archive), chart, CycloneDX SBOM, SHA256SUMS
+# BASE_IMAGE=... as for make image; RELEASE_ARGS=--no-image leaves the image out.
+release: $(STAMP)
+	bash scripts/release.sh $(RELEASE_ARGS)
+
 ## bench: latency and throughput against the upstream Go webhook, same run, same machine
 bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) certs/out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) certs/out dist .mypy_cache .ruff_cache .pytest_cache
