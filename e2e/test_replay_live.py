@@ -143,3 +143,114 @@ def test_a_recorded_live_run_replays_to_identical_responses(
 def _no_leftover_configurations(control_plane: ControlPlane) -> None:
     for version in ("v1", "v1beta1"):
         unregister(control_plane, f"replay-live-{version}")
+
+
+def _create(cp: ControlPlane, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+    status, body = cp.request("POST", path, obj)
+    assert status in (200, 201), body[:500]
+    created: dict[str, Any] = json.loads(body)
+    return created
+
+
+def _owner(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    meta = obj["metadata"]
+    return [
+        {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+        }
+    ]
+
+
+def test_replay_from_the_cluster_answers_for_every_workload_and_changes_nothing(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """No controller-manager runs here: the Deployment -> ReplicaSet -> Pod chain is created as
+    the controllers would leave it."""
+    cp = control_plane
+    ns = _namespace(cp, "from-cluster")
+    cp.ensure_service_account(ns, "web", {"eks.amazonaws.com/role-arn": ROLE})
+    template = {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {
+            "serviceAccountName": "web",
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }
+    selector = {"matchLabels": {"app": "web"}}
+    deployment = _create(
+        cp,
+        f"/apis/apps/v1/namespaces/{ns}/deployments",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"selector": selector, "template": template},
+        },
+    )
+    replica_set = _create(
+        cp,
+        f"/apis/apps/v1/namespaces/{ns}/replicasets",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "web-5d4f", "ownerReferences": _owner(deployment)},
+            "spec": {"selector": selector, "template": template},
+        },
+    )
+    for i in range(2):
+        _create(
+            cp,
+            f"/api/v1/namespaces/{ns}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"web-5d4f-{i}",
+                    "labels": {"app": "web"},
+                    "ownerReferences": _owner(replica_set),
+                },
+                "spec": template["spec"],
+            },
+        )
+    _create(
+        cp,
+        f"/api/v1/namespaces/{ns}/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "lonely"},
+            "spec": template["spec"],
+        },
+    )
+    before = cp.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/web")[1]
+
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "replay",
+            "--from-cluster",
+            f"--kubeconfig={cp.kubeconfig}",
+            f"--cluster-namespace={ns}",
+            "-o",
+            "pod",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    pods = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert len(pods) == 2  # the Deployment once (not its two pods), and the bare pod
+    web = next(p for p in pods if p["metadata"].get("generateName", "").startswith("web-"))
+    assert {e["name"]: e["value"] for e in web["spec"]["containers"][0]["env"]}[
+        "AWS_ROLE_ARN"
+    ] == ROLE
+    assert web["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    assert cp.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/web")[1] == before

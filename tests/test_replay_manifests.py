@@ -226,10 +226,13 @@ def test_helm_template_of_the_chart_piped_into_replay(helm: str, tmp_path: Path)
         timeout=60,
     )
     assert selected.returncode == 0, selected.stderr
-    assert selected.stdout.startswith("# piw-system/piw-pod-identity-webhook-")
-    assert selected.stdout.rstrip().endswith(
-        "(Deployment piw-system/piw-pod-identity-webhook): not sent to the webhook: objectSelector"
+    webhook_pod = next(
+        line
+        for line in selected.stdout.splitlines()
+        if "(Deployment piw-system/piw-pod-identity-webhook)" in line
     )
+    assert webhook_pod.startswith("# piw-system/piw-pod-identity-webhook-")
+    assert webhook_pod.endswith("not sent to the webhook: objectSelector")
 
 
 def regenerate() -> None:

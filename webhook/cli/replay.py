@@ -24,9 +24,10 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook.cli import PROG, UsageError, flags, logs, replay_results
+from webhook.cli import PROG, UsageError, flags, logs, replay_cluster
 from webhook.cli.common import add_output_flag
 from webhook.cli.replay_inputs import Case, ManifestOptions, read_cases
+from webhook.cli.replay_recorded import RecordedExpectations
 from webhook.cli.replay_select import not_sent_response, selection_from
 from webhook.core.configmap import ConfigMapError
 from webhook.core.settings import CONFIG_MAP_NAME
@@ -48,12 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_klog_flags(parser)
     add_output_flag(
         parser,
-        ("response", "pod", "diff", *replay_results.TABLE_OUTPUTS),
+        ("response", "pod", "diff"),
         help_text="response: AdmissionReview JSON lines (default); pod: mutated pods; "
-        "diff: unified diffs; wide: a table per review and per namespace; json: one "
-        "document with every review and the counts",
+        "diff: unified diffs",
     )
-    replay_results.add_arguments(parser)
     parser.add_argument(
         "--expect",
         metavar="DIR",
@@ -63,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--update-expected",
         action="store_true",
         help="with --expect: (re)write the expected files instead of comparing",
+    )
+    parser.add_argument(
+        "--expect-recorded",
+        action="store_true",
+        help="compare responses with those stored by `serve --record-dir`; exit 1 on any "
+        "difference",
     )
     parser.add_argument(
         "--manifest-namespace",
@@ -76,11 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a MutatingWebhookConfiguration (the chart's): apply its rules, selectors and "
         "matchConditions as the API server would, and report the reviews it would not send",
     )
+    replay_cluster.add_arguments(parser)
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="review file, directory, audit log, or - for stdin",
+        help="review file, directory, audit log, manifest, record file, or - for stdin "
+        "(none needed with --from-cluster)",
     )
 
 
@@ -256,10 +263,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("webhook.review").setLevel(logging.ERROR)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
+    replay_cluster.prepare(args, warn)
     store = build_store(args)
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
+    recorded = RecordedExpectations() if args.expect_recorded else None
     problems = Problems()
-    recorder = replay_results.Recorder(args, store, store.settings)
     selection = selection_from(args.webhook_config, args.objects or [], warn)
     out = sys.stdout
     count = 0
@@ -271,9 +279,6 @@ def run(args: argparse.Namespace) -> int:
         if decision is not None and not decision.sent:
             unmutated[decision.describe()] += 1
             _write_not_sent(args.output, case, decision.describe())
-            recorder.not_sent(
-                case.key, case.label, replay_results.namespace_of(case.body), decision.describe()
-            )
             if expectations is not None:
                 expectations.check(case, not_sent_response(decision))
             continue
@@ -281,16 +286,18 @@ def run(args: argparse.Namespace) -> int:
         if not outcome.mutated:
             unmutated[outcome.reason] += 1
         response = orjson.loads(outcome.body)
-        before, after = _pods(case, response)
         if args.output == "response":
             out.write(outcome.body.decode() + "\n")
-        elif args.output == "pod":
-            out.write(orjson.dumps(after).decode() + "\n")
-        elif args.output == "diff":
-            out.write(_diff(case, before, after))
-        recorder.record(case.key, case.label, case.body, outcome, before, after)
+        else:
+            before, after = _pods(case, response)
+            if args.output == "pod":
+                out.write(orjson.dumps(after).decode() + "\n")
+            else:
+                out.write(_diff(case, before, after))
         if expectations is not None:
             expectations.check(case, response)
+        if recorded is not None:
+            recorded.check(case, response)
     if count == 0:
         if problems.count:
             return 2
@@ -299,7 +306,10 @@ def run(args: argparse.Namespace) -> int:
         warn(_nothing_mutated(unmutated))
     if expectations is not None:
         print(expectations.summary(count), file=sys.stderr)
-    undocumented = recorder.finish(args.output, problems.count)
+    if recorded is not None:
+        print(recorded.summary(), file=sys.stderr)
     if problems.count:
         return 2
-    return 1 if undocumented or (expectations is not None and expectations.failures) else 0
+    if recorded is not None and recorded.failures:
+        return 1
+    return 1 if expectations is not None and expectations.failures else 0
