@@ -117,7 +117,7 @@ class Recorder:
     @staticmethod
     def _diff(label: str) -> Any:
         def diff(ours: Pod, theirs: Pod) -> str:
-            return unified(theirs, ours, f"{label} (--against)", f"{label} (ours)")
+            return unified(theirs, ours, f"{label} (--against)", f"{label} (ours)", sort_keys=True)
 
         return diff
 

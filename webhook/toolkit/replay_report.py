@@ -21,13 +21,18 @@ STATUSES = ("mutated", "unchanged", "denied", "not sent", "error")
 VERDICTS = ("identical", "documented", "differs", "error")
 
 
-def pod_yaml(pod: Any) -> list[str]:
-    return yaml.safe_dump(pod, sort_keys=False, default_flow_style=False).splitlines(keepends=True)
+def pod_yaml(pod: Any, sort_keys: bool = False) -> list[str]:
+    dumped = yaml.safe_dump(pod, sort_keys=sort_keys, default_flow_style=False)
+    return dumped.splitlines(keepends=True)
 
 
-def unified(before: Any, after: Any, from_label: str, to_label: str) -> str:
-    """A unified diff of two pods as YAML; empty when they are equal."""
-    diff = "".join(difflib.unified_diff(pod_yaml(before), pod_yaml(after), from_label, to_label))
+def unified(
+    before: Any, after: Any, from_label: str, to_label: str, sort_keys: bool = False
+) -> str:
+    """A unified diff of two pods as YAML; empty when they are equal. `sort_keys` for pods
+    from different encoders (Go writes struct order), so only real differences show."""
+    a, b = pod_yaml(before, sort_keys), pod_yaml(after, sort_keys)
+    diff = "".join(difflib.unified_diff(a, b, from_label, to_label))
     return diff if not diff or diff.endswith("\n") else diff + "\n"
 
 
