@@ -53,7 +53,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check webhook tests e2e bench
 	@# GitHub workflows cannot run here: actionlint (pinned in e2e/tools) checks them. Its
 	@# shellcheck/pyflakes passes are off so the result does not depend on what is on PATH.
-	@set -o pipefail; tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}"; status=$$?; 	if [ $$status -eq 3 ]; then 		echo "!! actionlint SKIPPED: no Go toolchain to build it (see README)"; 		if [ "$${CI:-}" = "true" ]; then exit 1; fi; exit 0; 	elif [ $$status -ne 0 ]; then exit $$status; fi; 	echo "actionlint .github/workflows"; "$$tools/actionlint" -shellcheck= -pyflakes= .github/workflows/*.yml
+	@set -o pipefail; tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}"; status=$$?; \
+	if [ $$status -eq 3 ]; then \
+		echo "!! actionlint SKIPPED: no Go toolchain to build it (see README)"; \
+		if [ "$${CI:-}" = "true" ]; then exit 1; fi; exit 0; \
+	elif [ $$status -ne 0 ]; then exit $$status; fi; \
+	echo "actionlint .github/workflows"; "$$tools/actionlint" -shellcheck= -pyflakes= .github/workflows/*.yml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
