@@ -268,6 +268,31 @@ def test_https_with_against_ca_verifies_the_other_webhook(
     assert "CERTIFICATE_VERIFY_FAILED" in err
 
 
+@pytest.mark.parametrize(
+    ("name", "verdict"),
+    [("localhost", "IDENTICAL default/pod-1"), ("svc.example", "Hostname mismatch")],
+)
+def test_against_server_name_is_the_name_the_certificate_must_be_for(
+    name: str,
+    verdict: str,
+    other: OtherWebhook,
+    objects: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ca = other.use_tls(tmp_path)  # for localhost and 127.0.0.1
+    _, _, err = replay(
+        capsys,
+        "--objects",
+        str(objects),
+        f"--against={other.url}",
+        f"--against-ca={ca}",
+        f"--against-server-name={name}",
+        *reviews(tmp_path, pod()),
+    )
+    assert verdict in err
+
+
 def test_against_flags_are_checked_before_anything_is_sent(
     objects: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,4 +300,6 @@ def test_against_flags_are_checked_before_anything_is_sent(
     code, _, err = replay(capsys, "--objects", str(objects), "--against-ca=ca.pem", *files)
     assert code == 2 and "--against-ca needs --against URL" in err
     code, _, err = replay(capsys, "--objects", str(objects), "--against=ftp://x/mutate", *files)
-    assert code == 2 and "expected an https:// or http:// URL" in err
+    assert code == 2 and "expected an https:// URL" in err
+    code, _, err = replay(capsys, "--against-server-name=svc", *files)
+    assert code == 2 and "--against-server-name needs --against URL" in err

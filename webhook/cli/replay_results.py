@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--against-ca", metavar="FILE", help="CA bundle (PEM) the --against webhook's cert is from"
     )
     parser.add_argument(
+        "--against-server-name",
+        metavar="NAME",
+        help="verify the --against certificate for NAME (and send it as SNI) instead of the "
+        "URL's host: the Service name the API server uses, through a port-forward",
+    )
+    parser.add_argument(
         "--against-version",
         choices=VERSIONS,
         default="auto",
@@ -72,8 +78,9 @@ class Recorder:
         self.results = Results()
         self.report = Path(args.report) if args.report else None
         self.other: OtherWebhook | None = None
-        if args.against_ca and not args.against:
-            raise UsageError("--against-ca needs --against URL")
+        for flag in ("against_ca", "against_server_name"):
+            if getattr(args, flag) and not args.against:
+                raise UsageError(f"--{flag.replace('_', '-')} needs --against URL")
         if args.against:
             try:
                 self.other = OtherWebhook(
@@ -82,6 +89,7 @@ class Recorder:
                     args.against_timeout,
                     args.against_version,
                     note=lambda message: print(f"replay: note: {message}", file=sys.stderr),
+                    server_name=args.against_server_name,
                 )
             except AgainstError as err:
                 raise UsageError(str(err)) from None

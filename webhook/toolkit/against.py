@@ -12,9 +12,10 @@ then on sent v1beta1 reviews, as an API server registered with `admissionReviewV
 from __future__ import annotations
 
 import base64
+import http.client
+import socket
 import ssl
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,18 +43,28 @@ class OtherWebhook:
     timeout: float = 10.0  # the API server's default timeoutSeconds
     version: str = "auto"
     note: Callable[[str], None] = field(default=lambda message: None)
+    # The name the certificate must be for, when it is not the URL's host: the Service DNS
+    # name the API server uses, while the URL is a port-forward to 127.0.0.1.
+    server_name: str | None = None
     _context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
+    _target: urllib.parse.SplitResult = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
-        if self.url.startswith("https://"):
+        self._target = urllib.parse.urlsplit(self.url)
+        if self._target.scheme == "https":
             try:
                 self._context = ssl.create_default_context(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as err:
                 raise AgainstError(f"--against-ca {self.ca_file}: {err}") from None
-        elif not self.url.startswith("http://"):
-            raise AgainstError(f"--against {self.url}: expected an https:// or http:// URL")
+        elif self._target.scheme != "http" or self.server_name:
+            raise AgainstError(
+                f"--against {self.url}: expected an https:// URL (or http:// without "
+                "--against-server-name)"
+            )
+        if not self._target.hostname:
+            raise AgainstError(f"--against {self.url}: no host")
 
     def ask(self, body: bytes) -> dict[str, Any]:
         """The other webhook's AdmissionReview answer to the review in `body`."""
@@ -82,24 +93,33 @@ class OtherWebhook:
             raise AgainstError(f"the answer's uid {response.get('uid')!r} is not the request's")
         return answer
 
+    def _connection(self) -> http.client.HTTPConnection:
+        host, port = self._target.hostname or "", self._target.port
+        if self._context is None:
+            return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        return _Connection(host, port, self._context, self.server_name or host, self.timeout)
+
     def _post(self, review: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.url,
-            data=orjson.dumps(review),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            method="POST",
-        )
+        path = self._target.path or "/"
+        if self._target.query:
+            path += "?" + self._target.query
+        connection = self._connection()
         try:
-            with urllib.request.urlopen(
-                request, timeout=self.timeout, context=self._context
-            ) as reply:
-                data = reply.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode(errors="replace").strip()
-            raise AgainstError(f"HTTP {err.code}: {detail}") from None
-        except (OSError, ssl.SSLError) as err:
-            reason = getattr(err, "reason", err)
-            raise AgainstError(f"{self.url}: {reason}") from None
+            connection.request(
+                "POST",
+                path,
+                body=orjson.dumps(review),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+            reply = connection.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException) as err:
+            raise AgainstError(f"{self.url}: {err}") from None
+        finally:
+            connection.close()
+        if reply.status != 200:
+            detail = data[:300].decode(errors="replace").strip()
+            raise AgainstError(f"HTTP {reply.status}: {detail}")
         try:
             answer = orjson.loads(data)
         except orjson.JSONDecodeError as err:
@@ -107,6 +127,26 @@ class OtherWebhook:
         if not isinstance(answer, dict):
             raise AgainstError("the answer is not a JSON object")
         return answer
+
+
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS to host:port, verifying the certificate for `server_name` (also sent as SNI)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        context: ssl.SSLContext,
+        server_name: str,
+        timeout: float,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls = context
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
 
 
 def _has_type(answer: dict[str, Any]) -> bool:
