@@ -24,7 +24,7 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook.cli import PROG, UsageError, flags, logs, replay_cluster
+from webhook.cli import PROG, UsageError, flags, logs, replay_cluster, replay_results
 from webhook.cli.common import add_output_flag
 from webhook.cli.replay_inputs import Case, ManifestOptions, read_cases
 from webhook.cli.replay_recorded import RecordedExpectations
@@ -49,10 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flags.add_klog_flags(parser)
     add_output_flag(
         parser,
-        ("response", "pod", "diff"),
+        ("response", "pod", "diff", *replay_results.TABLE_OUTPUTS),
         help_text="response: AdmissionReview JSON lines (default); pod: mutated pods; "
-        "diff: unified diffs",
+        "diff: unified diffs; wide: a table per review and per namespace; json: one "
+        "document with every review and the counts",
     )
+    replay_results.add_arguments(parser)
     parser.add_argument(
         "--expect",
         metavar="DIR",
@@ -268,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
     recorded = RecordedExpectations() if args.expect_recorded else None
     problems = Problems()
+    recorder = replay_results.Recorder(args, store, store.settings)
     selection = selection_from(args.webhook_config, args.objects or [], warn)
     out = sys.stdout
     count = 0
@@ -279,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
         if decision is not None and not decision.sent:
             unmutated[decision.describe()] += 1
             _write_not_sent(args.output, case, decision.describe())
+            recorder.not_sent(
+                case.key, case.label, replay_results.namespace_of(case.body), decision.describe()
+            )
             if expectations is not None:
                 expectations.check(case, not_sent_response(decision))
             continue
@@ -286,14 +292,14 @@ def run(args: argparse.Namespace) -> int:
         if not outcome.mutated:
             unmutated[outcome.reason] += 1
         response = orjson.loads(outcome.body)
+        before, after = _pods(case, response)
         if args.output == "response":
             out.write(outcome.body.decode() + "\n")
-        else:
-            before, after = _pods(case, response)
-            if args.output == "pod":
-                out.write(orjson.dumps(after).decode() + "\n")
-            else:
-                out.write(_diff(case, before, after))
+        elif args.output == "pod":
+            out.write(orjson.dumps(after).decode() + "\n")
+        elif args.output == "diff":
+            out.write(_diff(case, before, after))
+        recorder.record(case.key, case.label, case.body, outcome, before, after)
         if expectations is not None:
             expectations.check(case, response)
         if recorded is not None:
@@ -308,8 +314,9 @@ def run(args: argparse.Namespace) -> int:
         print(expectations.summary(count), file=sys.stderr)
     if recorded is not None:
         print(recorded.summary(), file=sys.stderr)
+    undocumented = recorder.finish(args.output, problems.count)
     if problems.count:
         return 2
     if recorded is not None and recorded.failures:
         return 1
-    return 1 if expectations is not None and expectations.failures else 0
+    return 1 if undocumented or (expectations is not None and expectations.failures) else 0
