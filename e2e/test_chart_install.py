@@ -54,6 +54,7 @@ UNSERVED_KINDS = {
     ("cert-manager.io", "Issuer"),  # tls.mode=certManager
     ("cert-manager.io", "Certificate"),  # tls.mode=certManager
     ("monitoring.coreos.com", "ServiceMonitor"),  # serviceMonitor.enabled (Prometheus Operator)
+    ("monitoring.coreos.com", "PrometheusRule"),  # prometheusRule.enabled (Prometheus Operator)
 }
 CLUSTER_SCOPED_KINDS = ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
 
@@ -213,12 +214,15 @@ def test_every_rendered_object_passes_strict_server_side_apply(
     cp, namespace = control_plane, f"piw-{values.stem}"
     objects = helm.template(values, namespace)
     cp.ensure_namespace(namespace)
+    cp.ensure_namespace(f"{FULLNAME}-test")  # the `helm test` hook's objects live there
 
     rejected: list[str] = []
     validated: set[str] = set()
     for obj in objects:
         if (group_of(obj), obj["kind"]) in UNSERVED_KINDS:
             continue
+        if obj["kind"] == "Pod":  # the `helm test` pod: its ServiceAccount is not created by a
+            continue  # dry run; e2e/node/test_helm_test.py runs it for real
         path = object_path(cp, obj, namespace)
         status, body = dry_run_apply(cp, path, obj)
         if status in (200, 201):
@@ -442,3 +446,59 @@ def test_url_mode_namespace_selector_leaves_other_namespaces_alone(
 
     assert "AWS_ROLE_ARN" not in env_names(pod)
     assert url_mode.admissions_received() == before, "the namespaceSelector should filter it"
+
+
+# ---------------------------------------------------------- least privilege of the ConfigMap Role
+
+CM_NS = "piw-cm-rbac"
+
+
+def _as_service_account(cp: ControlPlane, path: str, namespace: str, name: str) -> int:
+    """HTTP status of a GET made as the ServiceAccount (admin impersonating it)."""
+    req = urllib.request.Request(f"{cp.url}{path}", method="GET")
+    req.add_header("Impersonate-User", f"system:serviceaccount:{namespace}:{name}")
+    for group in (
+        "system:serviceaccounts",
+        f"system:serviceaccounts:{namespace}",
+        "system:authenticated",
+    ):
+        req.add_header("Impersonate-Group", group)
+    ctx = ssl.create_default_context(cafile=str(cp.ca_file))
+    ctx.load_cert_chain(str(cp.admin_cert_file), str(cp.admin_key_file))
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def test_configmap_role_allows_the_webhooks_field_selected_list_and_watch_only(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    """The Role names one ConfigMap (resourceNames); the webhook's list and watch select it
+    with fieldSelector=metadata.name=pod-identity-webhook (webhook/sources/kube.py), which the
+    authorizer reads as a request for that name. Anything wider is forbidden."""
+    cp = control_plane
+    with helm.installed(RELEASE, CM_NS, "--set", "watchConfigMap.enabled=true"):
+        status, body = cp.request(
+            "POST", f"/api/v1/namespaces/{CM_NS}/configmaps", {"metadata": {"name": "other"}}
+        )
+        assert status == 201, body
+        base = f"/api/v1/namespaces/{CM_NS}/configmaps"
+        ours_only = "fieldSelector=metadata.name%3Dpod-identity-webhook"
+        allowed = [
+            f"{base}?{ours_only}&resourceVersion=0",  # the webhook's list
+            f"{base}?{ours_only}&watch=true&allowWatchBookmarks=true&timeoutSeconds=1",  # its watch
+            f"{base}/pod-identity-webhook",
+        ]
+        forbidden = [
+            base,
+            f"{base}?watch=true&timeoutSeconds=1",
+            f"{base}?fieldSelector=metadata.name%3Dother",
+            f"{base}/other",
+            "/api/v1/namespaces/default/configmaps?" + ours_only,
+        ]
+        got = {p: _as_service_account(cp, p, CM_NS, FULLNAME) for p in allowed + forbidden}
+        assert {p: got[p] for p in allowed} == dict.fromkeys(allowed, 200)
+        assert {p: got[p] for p in forbidden} == dict.fromkeys(forbidden, 403)
