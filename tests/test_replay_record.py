@@ -304,3 +304,14 @@ def test_a_real_server_records_what_it_answers_and_replay_gives_the_same(
     code, _, err = replay(capsys, "--objects", str(objects), "--expect-recorded", str(records))
     assert code == 0, err
     assert "replay: 3 of 3 matched the recorded responses" in err
+
+
+def test_the_queue_is_bounded_in_bytes_as_well(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    recorder = Recorder(RecordSettings(tmp_path, queue_bytes=1000), registry)  # writer not started
+    recorder.offer(b"x" * 600, b"{}")
+    recorder.offer(b"x" * 600, b"{}")  # would exceed 1000 bytes queued
+    assert registry.get_sample_value("pod_identity_webhook_record_dropped_total") == 1
+    recorder.start()
+    recorder.close()
+    assert recorder.queued_bytes == 0

@@ -61,6 +61,7 @@ class RecordSettings:
     sample: float = 1.0  # the fraction of reviews kept
     redact: bool = True
     queue_size: int = 1024
+    queue_bytes: int = 64 * 1024 * 1024  # bounds memory too: reviews can be megabytes each
 
 
 def _redaction_key(directory: Path) -> bytes:
@@ -168,6 +169,8 @@ class Recorder:
         self.settings = settings
         self.chance = chance
         self.queue: queue.Queue[_Item | None] = queue.Queue(settings.queue_size)  # None: stop
+        self.queued_bytes = 0
+        self.bytes_lock = threading.Lock()
         self.redactor = Redactor(_redaction_key(settings.directory)) if settings.redact else None
         self.file = RotatingFile(settings.directory, settings.max_bytes)
         self.recorded = Counter(
@@ -190,9 +193,17 @@ class Recorder:
         return sample >= 1.0 or (sample > 0.0 and self.chance() < sample)
 
     def offer(self, request: bytes, response: bytes) -> None:
+        size = len(request) + len(response)
+        with self.bytes_lock:
+            if self.queued_bytes + size > self.settings.queue_bytes:
+                self.dropped.inc()
+                return
+            self.queued_bytes += size
         try:
             self.queue.put_nowait((time.time(), request, response))
         except queue.Full:
+            with self.bytes_lock:
+                self.queued_bytes -= size
             self.dropped.inc()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -224,10 +235,12 @@ class Recorder:
             if item is None:
                 break
             when, request, response = item
+            with self.bytes_lock:
+                self.queued_bytes -= len(request) + len(response)
             try:
                 self.file.write(self.line(when, request, response))
                 self.recorded.inc()
-            except (ValueError, OSError) as err:  # an unparsable body, a full disk: keep serving
+            except Exception as err:  # an unparsable body, a full disk: the writer lives on
                 log.error("recording a review failed: %s", err)
             if self.queue.empty():
                 self.file.flush()
