@@ -90,7 +90,7 @@ def test_an_undocumented_difference_carries_the_diff() -> None:
     assert "EXTRA" in result.detail
 
 
-def test_fields_upstream_drops_from_the_original_pod_are_documented() -> None:
+def test_fields_dropped_from_lists_the_other_patch_rewrote_whole_are_documented() -> None:
     original = pod(
         container(
             volumeMounts=[
@@ -100,11 +100,26 @@ def test_fields_upstream_drops_from_the_original_pod_are_documented() -> None:
     )
     theirs = mutated(original)
     del theirs["spec"]["containers"][0]["volumeMounts"][0]["bindMountOptions"]
-    assert names(verdict(original, mutated(original), theirs)) == ["keeps-unknown-fields"]
+    rewrote = frozenset({"containers", "volumes"})
+    result = classify(
+        Answer(True, mutated(original)),
+        Answer(True, theirs, rewritten=rewrote),
+        Facts(original),
+        diff,
+    )
+    assert names(result) == ["keeps-unknown-fields"]
+    # The same field removed by a precise patch operation is a real difference.
+    assert verdict(original, mutated(original), theirs).kind == "differs"
     # A field missing on their side that the original never had is not that difference.
     ours = mutated(original)
     ours["spec"]["containers"][0]["stdin"] = True
-    assert verdict(original, ours, mutated(original)).kind == "differs"
+    result = classify(
+        Answer(True, ours),
+        Answer(True, mutated(original), rewritten=rewrote),
+        Facts(original),
+        diff,
+    )
+    assert result.kind == "differs"
 
 
 def windows_path(p: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +147,7 @@ def test_a_token_mount_at_a_path_the_container_already_uses_is_documented(taken:
         if taken == "volumeMounts"
         else {"name": "cache", "devicePath": MOUNT_PATH}
     )
-    original = pod(container(**{taken: [used]}))
+    original = pod(container() | {taken: [used]})
     ours = mutated(original)
     ours["spec"]["containers"][0]["volumeMounts"] = [
         m for m in ours["spec"]["containers"][0]["volumeMounts"] if m["name"] != "aws-iam-token"

@@ -170,7 +170,20 @@ def apply_answer(pod: Pod, answer: dict[str, Any]) -> Answer:
         patched = jsonpatch.apply_patch(pod, operations, in_place=False)
     except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
         raise AgainstError(f"the patch cannot be applied: {err}") from None
-    return Answer(True, patched, warnings=warnings)
+    return Answer(True, patched, warnings=warnings, rewritten=_rewritten(operations))
+
+
+def _rewritten(operations: list[Any]) -> frozenset[str]:
+    """The spec lists an operation sets as a whole (`add`/`replace` of /spec/containers)."""
+    return frozenset(
+        op["path"].removeprefix("/spec/")
+        for op in operations
+        if isinstance(op, dict)
+        and op.get("op") in ("add", "replace")
+        and isinstance(op.get("path"), str)
+        and op["path"].count("/") == 2
+        and op["path"].startswith("/spec/")
+    )
 
 
 def facts_for(review: dict[str, Any], store: IdentityLookup, settings: MutationSettings) -> Facts:

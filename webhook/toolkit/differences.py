@@ -44,6 +44,7 @@ class Answer:
     pod: Pod | None
     message: str = ""
     warnings: tuple[str, ...] = ()
+    rewritten: frozenset[str] = frozenset()  # spec lists the patch wrote whole (`containers`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Sides:
     ours: Pod
     theirs: Pod
     facts: Facts
+    rewritten: frozenset[str] = frozenset()  # the lists the other webhook's patch wrote whole
 
 
 Eraser = Callable[[Sides], None]
@@ -126,9 +128,9 @@ def _forget_everything(sides: Sides) -> None:
 
 
 def _dropped_fields(sides: Sides) -> None:
-    """Upstream re-encodes containers and volumes through its Go structs: fields of the original
-    pod that its vendored k8s.io/api does not know disappear. Remove, from our pod, what the
-    original had and theirs lost."""
+    """Upstream writes whole container and volume lists, re-encoded through its Go structs:
+    fields of the original pod its vendored k8s.io/api does not know disappear. In the lists
+    the other patch wrote whole, remove from our pod what the original had and theirs lost."""
 
     def prune(ours: Any, theirs: Any, original: Any) -> None:
         if isinstance(ours, dict) and isinstance(theirs, dict) and isinstance(original, dict):
@@ -147,7 +149,8 @@ def _dropped_fields(sides: Sides) -> None:
         canonical(sides.facts.original).get("spec") or {},
     )
     for key in (*CONTAINER_LISTS, "volumes"):
-        prune(spec.get(key), theirs.get(key), original.get(key))
+        if key in sides.rewritten:
+            prune(spec.get(key), theirs.get(key), original.get(key))
 
 
 def _windows_by_os_field(sides: Sides) -> None:
@@ -344,7 +347,7 @@ def classify(
     a, b = canonical(ours.pod), canonical(theirs.pod)
     if a == b:
         return Verdict("identical")
-    sides = Sides(copy.deepcopy(a), copy.deepcopy(b), facts)
+    sides = Sides(copy.deepcopy(a), copy.deepcopy(b), facts, theirs.rewritten)
     used: list[Documented] = []
     for documented in DOCUMENTED:
         before = (copy.deepcopy(sides.ours), copy.deepcopy(sides.theirs))
