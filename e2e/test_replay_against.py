@@ -21,7 +21,7 @@ import yaml
 from e2e import browser
 from e2e.controlplane import ControlPlane
 from e2e.corpus import CorpusCase, load_cases
-from e2e.webhooks import REPO, upstream
+from e2e.webhooks import REPO, WebhookProcess, ours, upstream
 
 CASES = [c for c in load_cases() if not c.ours_only]
 GROUPS = sorted({c.group for c in CASES})
@@ -119,10 +119,15 @@ def replay_group(
     return run
 
 
-def _replay_group(cp: ControlPlane, group: str, workdir: Path) -> GroupRun:
+def _replay_group(
+    cp: ControlPlane, group: str, workdir: Path, other: Callable[..., WebhookProcess] = upstream
+) -> GroupRun:
     cases = [c for c in CASES if c.group == group]
     objects, flags = _objects_and_flags(cp, cases, workdir)
-    theirs = upstream(cp, workdir, flags, name=f"upstream-replay-{group}").start()
+    theirs = other(cp, workdir, flags, name=f"{other.__name__}-replay-{group}")
+    if other is ours:
+        theirs.ready_path = "/readyz"  # ours says when its caches have synced
+    theirs.start()
     ca = workdir / "ca.pem"
     ca.write_bytes(cp.ca_pem)
     page = workdir / "report.html"
@@ -207,3 +212,15 @@ def test_the_report_renders_in_headless_chromium_with_the_counts_and_the_diffs(
     assert colours[(0xE6, 0xFF, 0xEC)] > 1000, colours.most_common(12)
     assert colours[(0xDB, 0xE8, 0xFB)] > 100, colours.most_common(12)
     print(f"screenshot: {tmp_path / 'report.png'}")
+
+
+@pytest.mark.parametrize("group", ["defaults", "configmap"])
+def test_replay_against_our_own_server_is_identical_on_every_case(
+    group: str, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Another version of ours (here: this one, as a real server) answers v1 as we do."""
+    run = _replay_group(control_plane, group, tmp_path, other=ours)
+    assert run.proc.returncode == 0, run.proc.stderr
+    verdicts = run.report["against"]["verdicts"]
+    assert verdicts["identical"] == len(run.report["cases"]) > 0, run.proc.stderr
+    assert "v1beta1" not in run.proc.stderr
