@@ -253,6 +253,48 @@ def test_an_answer_the_api_server_would_not_take_is_an_error_and_exits_1(
     assert f"ERROR default/pod-1: --against: {message}" in err
 
 
+def test_json_and_the_report_carry_the_verdict_and_the_other_webhooks_warnings(
+    other: OtherWebhook,
+    store: IdentityStore,
+    objects: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def warn(review: dict[str, Any]) -> tuple[int, Any]:
+        answer = respond(review, store)
+        answer["response"]["warnings"] = ["other <webhook> says hello"]
+        return 200, answer
+
+    other.answer = warn
+    page = tmp_path / "report.html"
+    code, out, _ = replay(
+        capsys,
+        "--objects",
+        str(objects),
+        "--against",
+        other.url,
+        f"--report={page}",
+        "-o",
+        "json",
+        *reviews(tmp_path, pod()),
+    )
+    assert code == 0
+    document = json.loads(out)
+    assert document["against"] == {
+        "url": other.url,
+        "verdicts": {"identical": 1, "documented": 0, "differs": 0, "error": 0},
+    }
+    assert document["cases"][0]["against"] == {
+        "verdict": "identical",
+        "documented": [],
+        "detail": "",
+        "warnings": ["other <webhook> says hello"],
+    }
+    html = page.read_text()
+    assert "<li>other &lt;webhook&gt; says hello</li>" in html
+    assert '<td data-verdict="identical">1</td>' in html
+
+
 def test_https_with_against_ca_verifies_the_other_webhook(
     other: OtherWebhook, objects: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -112,9 +112,12 @@ class Recorder:
             )
         )
         if self.other is not None:
-            result.verdict, _ = compare(
+            result.verdict, theirs = compare(
                 body, response, self.other, self.store, self.settings, self._diff(label)
             )
+            if theirs is not None:
+                warnings = (theirs.get("response") or {}).get("warnings") or ()
+                result.their_warnings = tuple(w for w in warnings if isinstance(w, str))
             _print_verdict(label, result)
         return result
 

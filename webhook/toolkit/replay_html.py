@@ -122,6 +122,9 @@ def _case_html(index: int, case: CaseResult) -> str:
         parts.append(f'<ul class="warnings">{items}</ul>')
     if case.diff:
         parts.append(_diff_html(case.diff))
+    if case.their_warnings:
+        items = "".join(f"<li>{escape(w)}</li>" for w in case.their_warnings)
+        parts.append(f'<p>The other webhook warned:</p><ul class="warnings">{items}</ul>')
     if case.verdict is not None and case.verdict.detail:
         parts.append("<p>The other webhook's pod (-) against ours (+):</p>")
         parts.append(_diff_html(case.verdict.detail))

@@ -46,6 +46,7 @@ class CaseResult:
     warnings: tuple[str, ...] = ()
     diff: str = ""  # original -> ours
     verdict: Verdict | None = None  # with --against
+    their_warnings: tuple[str, ...] = ()  # the --against webhook's admission warnings
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -64,6 +65,7 @@ class CaseResult:
                     {"name": d.name, "readme": d.readme} for d in self.verdict.documented
                 ],
                 "detail": self.verdict.detail,
+                "warnings": list(self.their_warnings),
             }
         return document
 
