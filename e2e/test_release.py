@@ -196,7 +196,7 @@ def test_image_archive_is_an_oci_layout_labelled_with_the_commit(release: Releas
         index = json.loads(index_file.read())
         (descriptor,) = index["manifests"]
         ref_name = descriptor["annotations"]["org.opencontainers.image.ref.name"]
-        assert ref_name == f"localhost/pod-identity-webhook:{VERSION}"
+        assert ref_name == f"localhost/pod-identity-webhook:{VERSION}-{release.revision[:12]}"
         manifest = _oci_blob(archive, descriptor["digest"])
         config_descriptor = manifest["config"]
         assert isinstance(config_descriptor, dict)

@@ -2,7 +2,8 @@
 # make release: writes dist/ with everything a release publishes, then SHA256SUMS over it:
 #
 #   pod_identity_webhook-V-py3-none-any.whl, pod_identity_webhook-V.tar.gz   (python -m build)
-#   pod-identity-webhook-V.oci.tar        the image as an OCI archive (podman, linux/$(arch))
+#   pod-identity-webhook-V.oci.tar        the image as an OCI archive (podman, this machine's
+#                                         arch), named localhost/pod-identity-webhook:V-<commit>
 #   pod-identity-webhook-CHART.tgz        the Helm chart (helm package)
 #   pod-identity-webhook-V.cdx.json       CycloneDX SBOM of requirements/runtime.txt (cyclonedx-py)
 #   SHA256SUMS                            `sha256sum -c SHA256SUMS` in dist/ verifies them all
@@ -79,7 +80,9 @@ fi
 
 if [[ $with_image -eq 1 ]]; then
     command -v podman >/dev/null || die "podman is needed for the image (apt-get install podman), or pass --no-image"
-    ref="${IMAGE:-localhost/pod-identity-webhook}:$version"
+    # Named after the commit too: never the plain :VERSION tag that `make image` and the e2e
+    # image cache own (a concurrent e2e build would take one for the other).
+    ref="${IMAGE:-localhost/pod-identity-webhook}:$version-${revision:0:12}"
     args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created"
         --timestamp "$SOURCE_DATE_EPOCH")
     [[ -n "${BASE_IMAGE:-}" ]] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
@@ -89,6 +92,7 @@ if [[ $with_image -eq 1 ]]; then
     [[ -f "$ca" ]] && args+=(-v "$ca:/run/piw-build-ca.crt:ro" --build-arg PIP_CERT=/run/piw-build-ca.crt)
     podman build --network=host "${args[@]}" -t "$ref" . >&2
     podman save --format oci-archive -o "$dist/pod-identity-webhook-$version.oci.tar" "$ref"
+    log "image $ref ($(podman image inspect --format '{{.Size}}' "$ref") bytes), saved as an OCI archive"
 fi
 
 (cd "$dist" && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%f\n' | LC_ALL=C sort |
