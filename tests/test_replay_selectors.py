@@ -326,3 +326,26 @@ def test_the_authorizer_is_not_available_offline() -> None:
 def test_a_condition_that_does_not_compile_is_a_configuration_error() -> None:
     with pytest.raises(WebhookConfigError, match="matchCondition 'c0' does not compile"):
         conditions("1 +")
+
+
+def test_a_v1beta1_configuration_defaults_to_ignore_as_it_did() -> None:
+    entry = {
+        "name": "w",
+        "rules": [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+            }
+        ],
+        "matchConditions": [{"name": "broken", "expression": "object.missing == 1"}],
+    }
+    old = {
+        "apiVersion": "admissionregistration.k8s.io/v1beta1",
+        "kind": "MutatingWebhookConfiguration",
+        "webhooks": [entry],
+    }
+    new = {**old, "apiVersion": "admissionregistration.k8s.io/v1"}
+    assert not decide(load_webhooks([old], "t"), request(), no_labels).rejected
+    assert decide(load_webhooks([new], "t"), request(), no_labels).rejected

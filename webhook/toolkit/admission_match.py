@@ -172,7 +172,7 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def _webhook(entry: Any, where: str) -> Webhook:
+def _webhook(entry: Any, where: str, default_policy: str) -> Webhook:
     if not isinstance(entry, dict):
         raise WebhookConfigError(f"{where}: not a webhook")
     name = str(entry.get("name") or "?")
@@ -194,7 +194,7 @@ def _webhook(entry: Any, where: str) -> Webhook:
         parse_selector(entry.get("namespaceSelector"), f"{where} namespaceSelector"),
         parse_selector(entry.get("objectSelector"), f"{where} objectSelector"),
         tuple(_compile(c, where) for c in entry.get("matchConditions") or []),
-        entry.get("failurePolicy", "Fail") != "Ignore",
+        (entry.get("failurePolicy") or default_policy) != "Ignore",
     )
 
 
@@ -210,8 +210,10 @@ def load_webhooks(documents: list[Any], source: str) -> tuple[Webhook, ...]:
             pending[:0] = document.get("items") or []
         elif document.get("kind") == "MutatingWebhookConfiguration":
             name = (document.get("metadata") or {}).get("name", "?")
+            # admissionregistration/v1beta1 (served until 1.22) defaulted failurePolicy to Ignore.
+            v1beta1 = str(document.get("apiVersion", "")).endswith("/v1beta1")
             for entry in document.get("webhooks") or []:
-                found.append(_webhook(entry, f"{source}: {name}"))
+                found.append(_webhook(entry, f"{source}: {name}", "Ignore" if v1beta1 else "Fail"))
     if not found:
         raise WebhookConfigError(f"{source}: no MutatingWebhookConfiguration with webhooks")
     return tuple(found)
