@@ -249,3 +249,47 @@ def regenerate() -> None:
 
 if __name__ == "__main__":
     regenerate()
+
+
+def test_the_charts_match_conditions_are_evaluated_as_cel(helm: str, tmp_path: Path) -> None:  # noqa: F811
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "webhook:\n  matchConditions:\n  - name: not-openshift\n"
+        "    expression: '!request.namespace.startsWith(\"openshift-\")'\n"
+    )
+    proc = run_helm(
+        helm, "template", "piw", str(CHART), "--namespace", "piw-system", "-f", str(values)
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = tmp_path / "chart.yaml"
+    config.write_text(proc.stdout)
+    pods = tmp_path / "pods.yaml"
+    pods.write_text(
+        "".join(
+            f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: {ns}}}\n"
+            "spec: {containers: [{name: c, image: i}]}\n"
+            for ns in ("openshift-monitoring", "shop")
+        )
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "replay",
+            "--webhook-config",
+            str(config),
+            "-o",
+            "diff",
+            str(pods),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "# openshift-monitoring/p (Pod openshift-monitoring/p): not sent to the webhook: matchConditions (not-openshift)"
+        in result.stdout
+    )
+    assert "# shop/p (Pod shop/p): unchanged" in result.stdout  # sent; no ServiceAccount known
