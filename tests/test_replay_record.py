@@ -315,3 +315,71 @@ def test_the_queue_is_bounded_in_bytes_as_well(tmp_path: Path) -> None:
     recorder.start()
     recorder.close()
     assert recorder.queued_bytes == 0
+
+
+def test_golden_records_replay_to_their_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """tests/replay_golden/records: the golden manifests' reviews as the recorder wrote them,
+    half in a .gz rotation; their answers are the golden responses of expected/plain."""
+    golden = Path(__file__).parent / "replay_golden"
+    code, out, err = replay(
+        capsys,
+        "--objects",
+        str(golden / "objects.yaml"),
+        "--expect-recorded",
+        str(golden / "records"),
+    )
+    assert code == 0, err
+    assert "replay: 8 of 8 matched the recorded responses" in err
+
+    def uid(response: dict[str, Any]) -> str:
+        return str(response["response"]["uid"])
+
+    answers = (golden / "expected" / "plain").rglob("*.json")
+    plain = sorted((json.loads(p.read_text()) for p in answers), key=uid)
+    assert sorted((json.loads(line) for line in out.splitlines()), key=uid) == plain
+
+
+def regenerate_records() -> None:
+    """Rewrite tests/replay_golden/records from the golden manifests (`python -m
+    tests.test_replay_record`): the first half as a rotation, the rest as the current file."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from webhook.cli.replay_inputs import read_cases
+
+    golden = Path(__file__).parent / "replay_golden"
+    cases = list(read_cases([str(golden / "manifests")], print, print))
+    pairs = []
+    for case in cases:
+        answered = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                "replay",
+                "--objects",
+                str(golden / "objects.yaml"),
+                "-",
+            ],
+            input=case.body,
+            capture_output=True,
+            check=True,
+        )
+        pairs.append((case.body, answered.stdout.strip()))
+    target = golden / "records"
+    shutil.rmtree(target, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        half = len(pairs) // 2
+        record(Path(scratch), *pairs[:half])
+        target.mkdir()
+        rotation = gzip.compress((Path(scratch) / CURRENT).read_bytes(), mtime=0)
+        (target / "reviews-20260101T000000-1-0001.jsonl.gz").write_bytes(rotation)
+        shutil.rmtree(scratch)
+        record(Path(scratch), *pairs[half:])
+        shutil.copy(Path(scratch) / CURRENT, target / CURRENT)
+
+
+if __name__ == "__main__":
+    regenerate_records()
