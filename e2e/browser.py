@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.images.host import HostToolError, ensure_programs
+
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -25,7 +27,15 @@ FLAGS = (
 
 
 def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    """Debian's Chromium, installed when missing (CI may start on a fresh machine)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        try:
+            ensure_programs({"chromium": "chromium"})
+        except HostToolError:
+            return None
+        found = shutil.which("chromium")
+    return found
 
 
 def _run(page: Path, profile: Path, *extra: str) -> str:
