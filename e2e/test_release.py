@@ -85,6 +85,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     match = re.search(r"^release: version \S+, revision ([0-9a-f]{40}),", proc.stderr, re.M)
     assert match, proc.stderr[:2000]
     revision = match.group(1)
+    # The archive is the artifact; the tagged image would keep a ~300 MB venv layer per commit.
+    ref = f"localhost/pod-identity-webhook:{VERSION}-{revision[:12]}"
+    subprocess.run(["podman", "rmi", ref], env=podman_env(), capture_output=True, check=False)
     return Release(
         dist=dist,
         log=proc.stderr,
