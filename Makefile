@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: run test lock lock-check release lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
+.PHONY: run test lock lock-check release chart-docs chart-docs-check lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
 
 # Every dependency comes from the hashed locks (scripts/lock.sh writes them); the project
 # itself goes in last, without dependencies, built by the locked setuptools.
@@ -48,9 +48,9 @@ run: $(STAMP)
 ## test: everything — lint, types, layers, fast tests, e2e against a real kube-apiserver
 test: lock-check lint typecheck layers unit e2e
 
-lint: $(STAMP)
-	$(BIN)/ruff check webhook tests e2e bench
-	$(BIN)/ruff format --check webhook tests e2e bench
+lint: $(STAMP) chart-docs-check
+	$(BIN)/ruff check webhook tests e2e bench charts
+	$(BIN)/ruff format --check webhook tests e2e bench charts
 	@# GitHub workflows cannot run here: actionlint (pinned in e2e/tools) checks them. Its
 	@# shellcheck/pyflakes passes are off so the result does not depend on what is on PATH.
 	@set -o pipefail; tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}"; status=$$?; \
@@ -59,6 +59,21 @@ lint: $(STAMP)
 		if [ "$${CI:-}" = "true" ]; then exit 1; fi; exit 0; \
 	elif [ $$status -ne 0 ]; then exit $$status; fi; \
 	echo "actionlint .github/workflows"; "$$tools/actionlint" -shellcheck= -pyflakes= .github/workflows/*.yml
+
+## chart-docs: regenerate the chart README's values table (helm-docs, pinned in e2e/tools)
+HELM_DOCS = --chart-search-root charts --sort-values-order file --log-level warning
+chart-docs:
+	@tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}" && "$$tools/helm-docs" $(HELM_DOCS)
+
+chart-docs-check:
+	@set -o pipefail; tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}"; status=$$?; \
+	if [ $$status -eq 3 ]; then \
+		echo "!! chart README check SKIPPED: no Go toolchain to build helm-docs (see README)"; \
+		if [ "$${CI:-}" = "true" ]; then exit 1; fi; exit 0; \
+	elif [ $$status -ne 0 ]; then exit $$status; fi; \
+	"$$tools/helm-docs" $(HELM_DOCS) --dry-run | diff -u charts/pod-identity-webhook/README.md - \
+		|| { echo "!! the chart README is stale: run make chart-docs"; exit 1; }; \
+	echo "helm-docs: charts/pod-identity-webhook/README.md is current"
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
