@@ -1504,3 +1504,4 @@ def test_notes_render_with_verification_commands(helm: str, name: str, tmp_path:
     assert "role-arn" in text
     if name != "url-mode":
         assert f"rollout status deployment/{FULLNAME}" in text
+        assert f"helm test {RELEASE} -n {NAMESPACE}" in text
