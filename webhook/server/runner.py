@@ -241,7 +241,7 @@ class ServerGroup:
 
 
 def run(group: ServerGroup) -> None:
-    """Run on uvloop when installed (it is part of uvicorn[standard])."""
+    """Run on uvloop when installed (a runtime dependency, locked; not on every platform)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover
