@@ -94,13 +94,15 @@ def kill_processes(pids: Iterable[int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for pid in list(pending):
+            if Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
+                continue
+            # Dead: reap it if it is our own child (it may have died just now, after an
+            # earlier look); someone else's zombie lingers until init reaps it, holding nothing.
             try:
-                os.waitpid(pid, os.WNOHANG)  # reaps our own children; others ECHILD
+                os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-            # A zombie of someone else's lingers until init reaps it, but holds nothing.
-            if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-                pending.discard(pid)
+            pending.discard(pid)
         time.sleep(0.05)
 
 
