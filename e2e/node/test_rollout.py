@@ -41,6 +41,8 @@ class Creator:
     """Creates gated (never scheduled) pods at a fixed rate; remembers what the API stored."""
 
     api: k8s_client.ApiClient
+    prefix: str = "w"
+    duration: float = DURATION
     stored: list[Any] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -49,10 +51,10 @@ class Creator:
         core = typed_api(k8s_client.CoreV1Api, self.api)
         start = time.monotonic()
         n = 0
-        while not self.stop.is_set() and time.monotonic() - start < DURATION:
-            name = f"w-{n:04d}"
+        while not self.stop.is_set() and time.monotonic() - start < self.duration:
+            name = f"{self.prefix}-{n:04d}"
             body: dict[str, Any] = {
-                "metadata": {"name": name, "labels": {"app": "rollout"}},
+                "metadata": {"name": name, "labels": {"app": f"rollout-{self.prefix}"}},
                 "spec": {
                     "serviceAccountName": ACCOUNT,
                     "schedulingGates": [{"name": "piw.e2e/never-scheduled"}],
@@ -135,5 +137,36 @@ def test_a_rolling_upgrade_and_a_deleted_webhook_pod_drop_no_pod_credentials(
     assert missing == []
     # What the API server stored, not only what it answered, is what pods run with.
     core = typed_api(k8s_client.CoreV1Api, node.api)
-    listed = core.list_namespaced_pod(NAMESPACE, label_selector="app=rollout").items
+    listed = core.list_namespaced_pod(NAMESPACE, label_selector="app=rollout-w").items
     assert len(listed) == total and all(_injected(p) for p in listed)
+
+
+def test_the_count_sees_pods_admitted_unmutated_while_no_replica_listens(
+    node: Node, node_images: Images, release: Release
+) -> None:
+    """The measurement's control: with both replicas killed outright (no drain, no preStop),
+    failurePolicy Ignore admits pods without credentials, and the same count finds them."""
+    ensure_namespace(node, NAMESPACE)
+    ensure_service_account(node, NAMESPACE, ACCOUNT, {ROLE_ANNOTATION: ROLE})
+    _wait_mutating(node)
+    core = typed_api(k8s_client.CoreV1Api, node.api)
+    creator = Creator(node.api, prefix="k", duration=20.0)
+    thread = threading.Thread(target=creator.run, name="pod-creator")
+    thread.start()
+    try:
+        time.sleep(5)
+        for pod in webhook_pods(node, release):
+            core.delete_namespaced_pod(pod.metadata.name, release.namespace, grace_period_seconds=0)
+        thread.join(timeout=60)
+    finally:
+        creator.stop.set()
+        thread.join(timeout=30)
+        wait_rollout(node, release, timeout=120)
+
+    missing = [p for p in creator.stored if not _injected(p)]
+    summary.add(
+        f"rollout control: {len(missing)} of {len(creator.stored)} pods stored without "
+        "credentials while both replicas were killed outright"
+    )
+    assert creator.errors == []  # failurePolicy Ignore: admitted, silently
+    assert missing, "killing every replica should have let unmutated pods through"
