@@ -150,15 +150,23 @@ def test_the_count_sees_pods_admitted_unmutated_while_no_replica_listens(
     ensure_service_account(node, NAMESPACE, ACCOUNT, {ROLE_ANNOTATION: ROLE})
     _wait_mutating(node)
     core = typed_api(k8s_client.CoreV1Api, node.api)
+    apps = typed_api(k8s_client.AppsV1Api, node.api)
+    replicas = apps.read_namespaced_deployment(release.deployment, release.namespace).spec.replicas
     creator = Creator(node.api, prefix="k", duration=20.0)
     thread = threading.Thread(target=creator.run, name="pod-creator")
     thread.start()
     try:
         time.sleep(5)
+        # Scaled to 0 and force-deleted: no replacement overlaps, nothing listens for a while.
+        scale = {"spec": {"replicas": 0}}
+        apps.patch_namespaced_deployment_scale(release.deployment, release.namespace, scale)
         for pod in webhook_pods(node, release):
             core.delete_namespaced_pod(pod.metadata.name, release.namespace, grace_period_seconds=0)
-        thread.join(timeout=60)
+        time.sleep(5)
     finally:
+        scale = {"spec": {"replicas": replicas}}
+        apps.patch_namespaced_deployment_scale(release.deployment, release.namespace, scale)
+        thread.join(timeout=60)
         creator.stop.set()
         thread.join(timeout=30)
         wait_rollout(node, release, timeout=120)
