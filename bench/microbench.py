@@ -17,7 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import mix
-from bench.loadgen import percentile
+from bench.stats import percentile
 from webhook.core.settings import MutationSettings
 from webhook.review import review
 from webhook.sources.store import IdentityStore

@@ -39,6 +39,9 @@ class WebhookProcess:
     cert: Path
     key: Path
     ready_path: str = "/healthz"  # ours: /readyz (caches synced); upstream has only /healthz
+    # Run under `taskset -c CPUS` (e.g. "1"): pinned from exec on, so Go's GOMAXPROCS and any
+    # thread pool sized at start see only those CPUs. The pid stays the server's (taskset execs).
+    cpus: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -48,9 +51,8 @@ class WebhookProcess:
 
     def start(self, timeout: float = 60.0) -> WebhookProcess:
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
-        )
+        argv = self.argv if self.cpus is None else ["taskset", "-c", self.cpus, *self.argv]
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -112,7 +114,12 @@ def _serving_cert(cp: ControlPlane, name: str) -> tuple[Path, Path]:
 
 
 def ours(
-    cp: ControlPlane, workdir: Path, flags: Sequence[str] = (), name: str = "ours"
+    cp: ControlPlane,
+    workdir: Path,
+    flags: Sequence[str] = (),
+    name: str = "ours",
+    *,
+    cpus: str | None = None,
 ) -> WebhookProcess:
     cert, key = _serving_cert(cp, name)
     port, metrics_port = free_port(), free_port()
@@ -131,12 +138,17 @@ def ours(
         *flags,
     ]
     return WebhookProcess(
-        name, argv, port, metrics_port, cp.ca_pem, workdir / f"{name}.log", cert, key
+        name, argv, port, metrics_port, cp.ca_pem, workdir / f"{name}.log", cert, key, cpus=cpus
     )
 
 
 def upstream(
-    cp: ControlPlane, workdir: Path, flags: Sequence[str] = (), name: str = "upstream"
+    cp: ControlPlane,
+    workdir: Path,
+    flags: Sequence[str] = (),
+    name: str = "upstream",
+    *,
+    cpus: str | None = None,
 ) -> WebhookProcess:
     cert, key = _serving_cert(cp, name)
     port, metrics_port = free_port(), free_port()
@@ -153,7 +165,7 @@ def upstream(
         *flags,
     ]
     return WebhookProcess(
-        name, argv, port, metrics_port, cp.ca_pem, workdir / f"{name}.log", cert, key
+        name, argv, port, metrics_port, cp.ca_pem, workdir / f"{name}.log", cert, key, cpus=cpus
     )
 
 

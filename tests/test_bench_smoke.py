@@ -1,8 +1,10 @@
-"""Smoke tests for bench/: the review mix is answered by our pipeline, and the load generator
-talks to a real server over TLS. No timing assertions."""
+"""Smoke tests for bench/: the review mix is answered by our pipeline, and vegeta (built and
+cached by e2e/tools/build.sh; skipped without Go, as the e2e suites are) drives our real server
+over TLS and its per-request results decode. No timing assertions."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import socket
 import ssl
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import loadgen, mix
+from bench import mix, vegeta
+from bench.stats import percentile
 from webhook import certs
 from webhook.core.settings import MutationSettings
 from webhook.review import review
@@ -56,17 +59,31 @@ def test_objects_document_lists_every_service_account() -> None:
     assert len(doc["items"]) == len(mix.NAMESPACES) * (len(mix.ANNOTATED_SAS) + len(mix.PLAIN_SAS))
 
 
-def test_parse_response_content_length_and_chunked() -> None:
-    plain = bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1")
-    assert loadgen.parse_response(plain) == (200, b"{}", len(plain) - 8, False)
-    chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-    )
-    for cut in range(len(chunked)):  # incomplete until the last byte
-        assert loadgen.parse_response(bytearray(chunked[:cut])) is None
-    assert loadgen.parse_response(bytearray(chunked)) == (200, b"abcde", len(chunked), False)
-    closing = bytearray(b"HTTP/1.1 500 x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-    assert loadgen.parse_response(closing) == (500, b"", len(closing), True)
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert [percentile(values, q) for q in (0, 50, 99, 99.9, 100)] == [1, 50, 99, 100, 100]
+    assert percentile([], 50) == 0.0
+
+
+def test_decode_counts_errors_and_checks_bodies() -> None:
+    good = base64.b64encode(b'{"response":{"uid":"u","allowed":true}}').decode()
+    bad = base64.b64encode(b'{"kind":"AdmissionReview"}').decode()
+    rows = [
+        ["1000000000", "200", "2000000", "10", "40", "", good],
+        ["1001000000", "200", "1000000", "10", "40", "", good],
+        ["1002000000", "200", "1000000", "10", "20", "", bad],
+        ["1003000000", "500", "1000000", "10", "0", "500 Internal Server Error", ""],
+        ["1004000000", "0", "0", "0", "0", "dial tcp: connection refused", ""],
+    ]
+    result = vegeta.decode(rows, rate=1000, duration=0.005, check_bodies=True)
+    assert (result.sent, result.ok, result.errors) == (5, 2, 3)
+    assert result.latencies_ms == [1.0, 2.0] and result.p(50) == 1.0 and result.p(100) == 2.0
+    assert result.error_samples[0].startswith("no response.allowed")
+    assert result.error_samples[1:] == ["500 Internal Server Error", "dial tcp: connection refused"]
+    assert result.codes == {200: 3, 500: 1, 0: 1}
+    assert result.started == 1.0 and result.ended == 1.004
+    unchecked = vegeta.decode(rows, rate=1000, duration=0.005, check_bodies=False)
+    assert (unchecked.ok, unchecked.errors) == (3, 2)
 
 
 def _free_port() -> int:
@@ -114,11 +131,15 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
-def test_loadgen_against_our_server(server: tuple[str, Path]) -> None:
+def test_vegeta_against_our_server(server: tuple[str, Path], tmp_path: Path) -> None:
+    try:
+        vegeta.vegeta_binary()
+    except vegeta.ToolsUnavailable as err:
+        pytest.skip(str(err))
     url, ca = server
     bodies = mix.bodies(mix.generate(20, mix.V1))
-    result = loadgen.run_load(url, ca, bodies, connections=2, requests=20, warmup=4, duration=30)
-    summary = result.summary()
-    assert result.errors == 0, summary
-    assert result.requests == 20 and len(result.latencies) == 20
-    assert sorted(set(result.body_indices)) == list(range(20))  # cycled over every body
+    result = vegeta.attack(url, ca, bodies, rate=50, duration=1, workdir=tmp_path / "vegeta")
+    assert result.errors == 0, result.error_samples
+    assert result.ok > 0 and result.sent == result.ok == len(result.latencies_ms)
+    assert result.latencies_ms == sorted(result.latencies_ms)
+    assert result.ended >= result.started

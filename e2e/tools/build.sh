@@ -2,7 +2,7 @@
 # Builds (or reuses) the pinned e2e binaries and prints, as the LAST line of stdout, the
 # directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl,
 # etcd, helm, amazon-eks-pod-identity-webhook, and (when Go is installed) the single-module
-# tools of EXTRA_TOOLS below (helm-docs, promtool, actionlint).
+# tools of EXTRA_TOOLS below (helm-docs, promtool, actionlint, vegeta).
 #
 #   e2e/tools/build.sh          build what is missing, print the directory
 #   e2e/tools/build.sh --sync   regenerate the tools modules' go.mod+go.sum from versions.env
@@ -43,6 +43,7 @@ EXTRA_TOOLS=(
     "helmdocs github.com/norwoodj/helm-docs HELM_DOCS_VERSION github.com/norwoodj/helm-docs/cmd/helm-docs helm-docs"
     "promtool github.com/prometheus/prometheus PROMETHEUS_VERSION github.com/prometheus/prometheus/cmd/promtool promtool"
     "actionlint github.com/rhysd/actionlint ACTIONLINT_VERSION github.com/rhysd/actionlint/cmd/actionlint actionlint"
+    "vegeta github.com/tsenart/vegeta/v12 VEGETA_VERSION github.com/tsenart/vegeta/v12 vegeta"
 )
 # The core modules, whose go.mod/go.sum (and versions.env above its EXTRA_TOOLS marker) key
 # the cache of the binaries in NAMES.
