@@ -397,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
             read_header=args.read_header_timeout,
         ),
         draining=draining,
+        loop_lag=metrics.observe_loop_lag,
     )
     log.info(
         "starting listeners on %s (https) and %s (metrics)",

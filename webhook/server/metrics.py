@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from webhook.server.looplag import BUCKETS as LOOP_LAG_BUCKETS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # prometheus_client writes bucket bounds as Python floats (`le="125000.0"`); client_golang
 # writes the shortest form (`le="125000"`), and dashboards and recording rules match on it.
@@ -154,6 +156,13 @@ class Metrics:
             "1 once every identity source has completed its initial sync",
             registry=self.registry,
         )
+        self._loop_lag = Histogram(
+            "pod_identity_webhook_event_loop_lag_seconds",
+            "How much later than due the event loop ran a 100 ms timer, in seconds: the time "
+            "every review arriving then waited for the loop",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=self.registry,
+        )
 
     def track_cache(self, count: Callable[[], float], synced: Callable[[], bool]) -> None:
         self._service_accounts.set_function(count)
@@ -176,6 +185,9 @@ class Metrics:
         children[0].observe(micros)
         children[1].observe(micros)
         children[2].observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.observe(seconds)
 
     def pod_identity_applied(self, method: str) -> None:
         self.counters.inc("pod_identity_webhook_pod_count", method)

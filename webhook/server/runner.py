@@ -28,6 +28,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.server import ServerState
 
+from webhook.server import looplag
 from webhook.server.accept import Acceptor
 from webhook.server.protocol import ConnectionPolicy, WebhookProtocol
 
@@ -147,6 +148,8 @@ class ServerGroup:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     draining: Draining = field(default_factory=Draining)
+    # Given an observer, the event-loop lag monitor runs for as long as the servers do.
+    loop_lag: looplag.Observe | None = None
     started: bool = False
     _served: list[_Served] = field(default_factory=list)
     _stop: asyncio.Event | None = None
@@ -172,6 +175,8 @@ class ServerGroup:
             loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
             loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
         jobs = [asyncio.create_task(job()) for job in self.background]
+        if self.loop_lag is not None:
+            jobs.append(asyncio.create_task(looplag.monitor(self.loop_lag)))
         sweeper = asyncio.create_task(self._expire_heads())
         self.started = True
         try:
