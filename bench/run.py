@@ -1,13 +1,16 @@
-"""`make bench`: our webhook against the upstream Go webhook (v0.6.17), same machine, same run.
+"""`make bench`: our webhook against the upstream Go webhook (v0.6.17), same machine, same run,
+open loop (bench/openloop.py) at fixed offered rates with vegeta, under two CPU budgets.
 
 Starts a real etcd + kube-apiserver on loopback, creates the mix's namespaces and
-ServiceAccounts, starts both webhooks against it (same flags), checks that both answer each
-kind of review alike, then loads each in turn with the same v1beta1 mix (upstream decodes only
-v1beta1): 1 connection for N requests (latency), then C connections for D seconds
-(throughput), alternating ours/upstream twice (ABBA) to spread drift. Adds the in-process
-microbenchmark, prints a table and a markdown table, writes bench/results/latest.json.
+ServiceAccounts, and per CPU budget (each server pinned to one core, then unpinned) starts both
+webhooks against it (same flags), checks that both answer each kind of review alike, and sweeps
+the offered rates 250, 500, 1000, 2000, ... req/s with the v1beta1 mix (upstream decodes only
+v1beta1), ours and upstream interleaved per rate, until each saturates. Adds the in-process
+microbenchmark; prints the table; writes bench/results/latest.json (git-ignored),
+bench/results/openloop.md (the table) and bench/results/openloop.png (the figure).
 
-    .venv/bin/python bench/run.py [--rounds 2] [--duration 10] [--latency-requests 1500]
+    .venv/bin/python bench/run.py [--duration 5] [--warmup 1] [--budgets pinned,unpinned]
+        [--rates 250,500,...] [--keep]
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import ssl
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,14 +34,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen, microbench, mix
+from bench import microbench, mix, openloop, vegeta
+from bench.stats import process_cpu as process_cpu  # re-exported: bench.run.process_cpu
 from e2e.controlplane import ControlPlane, ToolsUnavailable, tools_dir
 from e2e.webhooks import WebhookProcess, ours, upstream
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 FLAGS = (f"--aws-default-region={mix.REGION}", "-v=0")  # given to both webhooks
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = ("ours", "upstream")
 
 
@@ -48,16 +50,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def process_cpu(pid: int) -> Callable[[], float]:
-    """A probe for the CPU seconds (user + system) a process has used so far."""
-
-    def read() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    return read
 
 
 def post(server: WebhookProcess, body: bytes) -> dict[str, Any]:
@@ -114,11 +106,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = dict(
-        line.split("=", 1)
-        for line in (REPO / "e2e" / "tools" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+    versions = machine_versions()
     try:
         uvloop_version = importlib.metadata.version("uvloop")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
@@ -132,173 +120,97 @@ def machine() -> dict[str, Any]:
         "uvloop": uvloop_version,
         "upstream": versions.get("UPSTREAM_WEBHOOK_VERSION", "?"),
         "kubernetes": versions.get("KUBERNETES_VERSION", "?"),
+        "vegeta": versions.get("VEGETA_VERSION", "?"),
     }
-
-
-# --------------------------------------------------------------------------- aggregation
-
-
-def combine(results: Sequence[loadgen.LoadResult]) -> dict[str, Any]:
-    """Pool the rounds: percentiles over all samples, rates over the summed windows."""
-    merged = loadgen.LoadResult(connections=results[0].connections)
-    for r in results:
-        merged.requests += r.requests
-        merged.errors += r.errors
-        merged.elapsed += r.elapsed
-        merged.latencies += r.latencies
-        merged.body_indices += r.body_indices
-        merged.client_cpu += r.client_cpu
-        merged.error_samples += r.error_samples
-        if r.server_cpu is not None:
-            merged.server_cpu = (merged.server_cpu or 0.0) + r.server_cpu
-    summary = merged.summary()
-    summary["rounds_rps"] = [round(r.rps, 1) for r in results]
-    summary["rounds_p50_ms"] = [round(r.latency_ms(50), 3) for r in results]
-    summary["rounds_p99_ms"] = [round(r.latency_ms(99), 3) for r in results]
-    return summary
-
-
-def by_kind(results: Sequence[loadgen.LoadResult], reviews: Sequence[mix.Review]) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {kind: [] for kind in mix.KINDS}
-    for r in results:
-        for latency, index in zip(r.latencies, r.body_indices, strict=True):
-            samples[reviews[index].kind].append(latency * 1000)
-    out = {}
-    for kind, values in samples.items():
-        values.sort()
-        out[kind] = {
-            "p50_ms": round(loadgen.percentile(values, 50), 3),
-            "p99_ms": round(loadgen.percentile(values, 99), 3),
-        }
-    return out
-
-
-ROWS = (
-    ("latency", "p50_ms", "latency, 1 connection: p50 ms"),
-    ("latency", "p99_ms", "latency, 1 connection: p99 ms"),
-    ("latency", "rps", "latency, 1 connection: req/s"),
-    ("throughput", "p50_ms", "throughput, {c} connections: p50 ms"),
-    ("throughput", "p99_ms", "throughput, {c} connections: p99 ms"),
-    ("throughput", "rps", "throughput, {c} connections: req/s"),
-    ("throughput", "server_cpu_us_per_req", "server CPU per review, µs (throughput)"),
-    ("throughput", "server_cpu_pct", "server CPU, % of one core (throughput)"),
-)
-
-
-def table_rows(report: dict[str, Any]) -> list[tuple[str, float, float, float]]:
-    rows = []
-    connections = report["settings"]["connections"]
-    for phase, key, label in ROWS:
-        a = report["phases"][phase]["ours"].get(key, 0.0)
-        b = report["phases"][phase]["upstream"].get(key, 0.0)
-        rows.append((label.format(c=connections), a, b, a / b if b else float("nan")))
-    return rows
-
-
-def render(report: dict[str, Any]) -> tuple[str, str]:
-    rows = table_rows(report)
-    width = max(len(r[0]) for r in rows)
-    text = [f"{'':<{width}}  {'ours':>10}  {'upstream':>10}  {'ours/upstream':>13}"]
-    text += [
-        f"{label:<{width}}  {a:>10.3f}  {b:>10.3f}  {ratio:>13.2f}" for label, a, b, ratio in rows
-    ]
-    md = ["| | ours | upstream | ours/upstream |", "|---|---:|---:|---:|"]
-    md += [f"| {label} | {a:.3f} | {b:.3f} | {ratio:.2f} |" for label, a, b, ratio in rows]
-    micro = report["microbench"]
-    note = (
-        f"In-process review() (no HTTP/TLS): median {micro['median_us']} µs, p99 "
-        f"{micro['p99_us']} µs wall / {micro['cpu']['p99_us']} µs CPU "
-        f"({micro['calls']} calls over the mix)."
-    )
-    return "\n".join(text) + "\n" + note, "\n".join(md) + "\n\n" + note
 
 
 # --------------------------------------------------------------------------- the run
 
 
+def start_pair(
+    cp: ControlPlane, workdir: Path, budget: openloop.Budget, reviews: Sequence[mix.Review]
+) -> dict[str, WebhookProcess]:
+    """Both webhooks started under `budget`, ours ready and upstream's informer synced."""
+    servers = {
+        "ours": ours(cp, workdir, FLAGS, f"ours-{budget.name}", cpus=budget.server_cpus),
+        "upstream": upstream(
+            cp, workdir, FLAGS, f"upstream-{budget.name}", cpus=budget.server_cpus
+        ),
+    }
+    try:
+        for name, server in servers.items():
+            server.start()
+            pinned = f" under taskset -c {budget.server_cpus}" if budget.server_cpus else ""
+            log(f"{name} started{pinned}: {' '.join(server.argv[:3])} ... (log {server.log_path})")
+        wait_for(servers["ours"].ready, 30, "ours /readyz")
+        # Upstream has no readiness for its informer: wait until a review gets a patch.
+        annotated = next(r for r in reviews if r.kind == "annotated")
+        wait_for(
+            lambda: patch_ops(post(servers["upstream"], annotated.body)) > 0,
+            30,
+            "upstream to mutate (ServiceAccount informer synced)",
+        )
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         tools = tools_dir()
+        vegeta_path = vegeta.vegeta_binary()
     except ToolsUnavailable as err:
-        raise SystemExit(f"bench needs the e2e binaries: {err}") from None
+        raise SystemExit(f"bench needs the e2e binaries and vegeta: {err}") from None
+    budgets = [openloop.BUDGETS[name] for name in args.budgets]
+    if any(b.server_cpus or b.vegeta_cpus for b in budgets) and (os.cpu_count() or 1) < 2:
+        raise SystemExit("the pinned budget needs 2 CPUs (server on 1, vegeta on 0)")
     workdir = Path(tempfile.mkdtemp(prefix="piw-bench-"))
     reviews = mix.generate(args.distinct, mix.V1BETA1)
     bodies = mix.bodies(reviews)
     info = machine()
     info["loadavg_start"] = os.getloadavg()
     log(f"{info['cpus']} CPUs ({info['cpu_model']}), load average {info['loadavg_start']}")
-    log(f"workdir {workdir}; starting etcd + kube-apiserver {info['kubernetes']}")
-    phases: dict[str, dict[str, list[loadgen.LoadResult]]] = {
-        "latency": {name: [] for name in SERVERS},
-        "throughput": {name: [] for name in SERVERS},
-    }
+    log(f"workdir {workdir}; vegeta {vegeta_path}")
+    log(f"starting etcd + kube-apiserver {info['kubernetes']}")
+    points: list[dict[str, Any]] = []
+    agreement: dict[str, Any] = {}
     ok = False
-    with ControlPlane(tools, workdir=workdir / "cp") as cp:
-        count = mix.create_objects(cp)
-        log(f"created {len(mix.NAMESPACES)} namespaces and {count} ServiceAccounts")
-        servers = {
-            "ours": ours(cp, workdir, FLAGS),
-            "upstream": upstream(cp, workdir, FLAGS),
-        }
-        try:
-            for name, server in servers.items():
-                server.start()
-                log(f"{name} started: {' '.join(server.argv[:3])} ... (log {server.log_path})")
-            wait_for(servers["ours"].ready, 30, "ours /readyz")
-            # Upstream has no readiness for its informer: wait until a review gets a patch.
-            annotated = next(r for r in reviews if r.kind == "annotated")
-            wait_for(
-                lambda: patch_ops(post(servers["upstream"], annotated.body)) > 0,
-                30,
-                "upstream to mutate (ServiceAccount informer synced)",
-            )
-            agreement = check_agreement(servers, reviews)
-            for kind, row in agreement.items():
-                log(f"check {kind:<10} " + "  ".join(f"{n}: {v}" for n, v in row.items()))
-            order = [SERVERS, SERVERS[::-1]] * ((args.rounds + 1) // 2)
-            for round_number, names in enumerate(order[: args.rounds], 1):
-                for name in names:
-                    server = servers[name]
-                    assert server.proc is not None
-                    cpu = process_cpu(server.proc.pid)
-                    lat = loadgen.run_load(
-                        server.url,
-                        None,
+    try:
+        with ControlPlane(tools, workdir=workdir / "cp") as cp:
+            count = mix.create_objects(cp)
+            log(f"created {len(mix.NAMESPACES)} namespaces and {count} ServiceAccounts")
+            for budget in budgets:
+                log(f"budget {budget.name}: {budget.title}")
+                servers = start_pair(cp, workdir, budget, reviews)
+                try:
+                    agreement[budget.name] = check_agreement(servers, reviews)
+                    for kind, row in agreement[budget.name].items():
+                        log(f"check {kind:<10} " + "  ".join(f"{n}: {v}" for n, v in row.items()))
+                    targets = {}
+                    for name, server in servers.items():
+                        assert server.proc is not None
+                        targets[name] = openloop.Target(server.url, cp.ca_file, server.proc.pid)
+                    points += openloop.sweep(
+                        targets,
                         bodies,
-                        connections=1,
-                        requests=args.latency_requests,
-                        duration=60,
-                        warmup=200,
-                        server_cpu=cpu,
-                        ca_pem=server.ca_pem,
-                    )
-                    thr = loadgen.run_load(
-                        server.url,
-                        None,
-                        bodies,
-                        connections=args.connections,
+                        budget,
+                        workdir=workdir / "vegeta",
+                        rates=args.rates,
                         duration=args.duration,
-                        warmup=400,
-                        server_cpu=cpu,
-                        ca_pem=server.ca_pem,
+                        warmup=args.warmup,
+                        limits=openloop.Limits(max_p99_ms=args.max_p99_ms),
+                        retries=args.retries,
+                        log=log,
                     )
-                    phases["latency"][name].append(lat)
-                    phases["throughput"][name].append(thr)
-                    ls, ts = lat.summary(), thr.summary()
-                    log(
-                        f"round {round_number} {name:<8} latency p50 {ls['p50_ms']:.3f} ms "
-                        f"p99 {ls['p99_ms']:.3f} ms {ls['rps']:.0f}/s | {args.connections} conns "
-                        f"{ts['rps']:.0f}/s p50 {ts['p50_ms']:.2f} ms p99 {ts['p99_ms']:.2f} ms "
-                        f"server CPU {ts.get('server_cpu_pct', '?')}% "
-                        f"loadgen CPU {ts['client_cpu_pct']}% errors {ls['errors'] + ts['errors']} "
-                        f"(load average {os.getloadavg()[0]:.1f})"
-                    )
-            ok = True
-        finally:
-            for server in servers.values():
-                server.stop()
-            if not ok:
-                print(f"bench failed; logs kept in {workdir}", file=sys.stderr)
+                finally:
+                    for server in servers.values():
+                        server.stop()
+        ok = True
+    finally:
+        if not ok:
+            print(f"bench failed; logs kept in {workdir}", file=sys.stderr)
     log(f"microbenchmark: {args.micro_calls} review() calls in-process")
     micro = microbench.run(args.micro_calls, mix.V1BETA1)
     info["loadavg_end"] = os.getloadavg()
@@ -310,80 +222,116 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "distinct_reviews": len(bodies),
             "body_bytes_median": sorted(len(b) for b in bodies)[len(bodies) // 2],
             "mix_percent": mix.MIX,
-            "rounds": args.rounds,
-            "latency_requests": args.latency_requests,
-            "connections": args.connections,
+            "vegeta": info["vegeta"],
+            "budgets": [b.name for b in budgets],
+            "budget_titles": {b.name: b.title for b in budgets},
+            "rates": list(args.rates),
             "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "retries": args.retries,
+            "limits": {"min_achieved": 0.95, "max_errors": 0.01, "max_p99_ms": args.max_p99_ms},
         },
         "agreement": agreement,
-        "phases": {
-            phase: {name: combine(results) for name, results in per_server.items()}
-            for phase, per_server in phases.items()
-        },
-        "latency_by_kind": {
-            name: by_kind(results, reviews) for name, results in phases["latency"].items()
-        },
+        "points": points,
         "microbench": micro,
     }
-    if not args.keep:
+    if args.keep:
+        log(f"kept {workdir}")
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
+def machine_versions() -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in (REPO / "e2e" / "tools" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
+def rate_list(text: str) -> list[float]:
+    rates = [float(r) for r in text.split(",") if r.strip()]
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive numbers: {text!r}")
+    return rates
+
+
+def budget_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in openloop.BUDGETS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"budgets are {', '.join(openloop.BUDGETS)}: {text!r}")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="ours/upstream alternations")
-    parser.add_argument("--latency-requests", type=int, default=1500)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=10.0, help="throughput seconds")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds per point")
+    parser.add_argument(
+        "--rates", type=rate_list, default=list(openloop.RATES), help="offered req/s, ascending"
+    )
+    parser.add_argument(
+        "--budgets", type=budget_list, default=list(openloop.BUDGETS), help="pinned,unpinned"
+    )
+    parser.add_argument("--max-p99-ms", type=float, default=100.0, help="saturation: p99 above")
+    parser.add_argument(
+        "--retries", type=int, default=1, help="re-measure a saturated point before stopping"
+    )
     parser.add_argument("--distinct", type=int, default=200, help="distinct reviews in the mix")
     parser.add_argument("--micro-calls", type=int, default=20_000)
-    parser.add_argument("--keep", action="store_true", help="keep the workdir (logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir (logs, results)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="where latest.json, openloop.md/.png go"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     report = run(args)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    text, markdown = render(report)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = openloop.render_markdown(report)
+    (out / "openloop.md").write_text(markdown)
+    openloop.plot(report, out / "openloop.png")
     m = report["machine"]
     print()
-    print(text)
-    errors = {n: sum(report["phases"][p][n]["errors"] for p in report["phases"]) for n in SERVERS}
-    print(f"errors: {errors}; latency (1 connection) p50/p99 ms by kind of review:")
-    for kind in mix.KINDS:
-        row = "  ".join(
-            f"{n} {report['latency_by_kind'][n][kind]['p50_ms']:.3f}/"
-            f"{report['latency_by_kind'][n][kind]['p99_ms']:.3f}"
-            for n in SERVERS
+    print(openloop.render_text(report))
+    print("(* saturated; CPU µs = server CPU per review; ratio = ours/upstream CPU per review)")
+    print()
+    for budget, table in report["agreement"].items():
+        print(
+            f"agreement before load ({budget}): "
+            + "; ".join(
+                f"{kind} "
+                + " ".join(f"{n}={v['allowed']}/{v['patch_ops']} ops" for n, v in row.items())
+                for kind, row in table.items()
+            )
         )
-        print(f"  {kind:<10} {row}")
     print(
-        "Patches differ by design (see agreement in the JSON): upstream replaces whole container "
-        "lists and also answers UPDATEs and already-mutated pods with a (no-op) patch; ours adds "
-        "single items and answers those with no patch."
+        "Patches differ by design: upstream replaces whole container lists and also answers "
+        "UPDATEs and already-mutated pods with a (no-op) patch; ours adds single items and "
+        "answers those with no patch."
+    )
+    micro = report["microbench"]
+    print(
+        f"In-process review() (no HTTP/TLS): median {micro['median_us']} µs, p99 "
+        f"{micro['p99_us']} µs wall / {micro['cpu']['p99_us']} µs CPU ({micro['calls']} calls)."
+    )
+    print(
+        f"NOTE: {m['cpus']} CPUs ({m['cpu_model']}); load average {m['loadavg_start'][0]:.1f} at "
+        f"start, {m['loadavg_end'][0]:.1f} at end. Pinned: each webhook on core 1 (upstream's "
+        "GOMAXPROCS is 1), vegeta on core 0, etcd/kube-apiserver unpinned (idle during load). "
+        "Unpinned: everything shares both cores; upstream (Go) can use both, ours is one "
+        "Python process (one core)."
     )
     print()
-    print(
-        f"NOTE: {m['cpus']} CPUs ({m['cpu_model']}) shared by the load generator (Python, this "
-        "process), the webhook under test, etcd and kube-apiserver; load average "
-        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end. Absolute "
-        "figures are this machine's; the ratio is the comparable number. Upstream (Go) can use "
-        "both cores, ours is one Python process (one core)."
-    )
-    print()
-    print("Markdown:")
-    print()
-    print(
-        f"{m['date']}, {m['cpus']} x {m['cpu_model']}, Python {m['python']}, upstream "
-        f"{m['upstream']}, kube-apiserver {m['kubernetes']}; v1beta1 mix of "
-        f"{report['settings']['distinct_reviews']} reviews "
-        f"(median {report['settings']['body_bytes_median']} B), {report['settings']['rounds']} "
-        "rounds pooled.\n"
-    )
     print(markdown)
-    print()
-    print(f"wrote {RESULTS / 'latest.json'} ({report['wall_seconds']} s)")
+    print(
+        f"wrote {out / 'latest.json'}, {out / 'openloop.md'}, {out / 'openloop.png'} "
+        f"({report['wall_seconds']} s)"
+    )
     return 0
 
 

@@ -5,27 +5,32 @@
     asgi-review / https a bare ASGI app calling webhook.review.review()
     webhook / https     `python -m webhook serve --objects` (FastAPI, metrics, the real handler)
 
-Each step's extra server CPU per review is what that layer costs.
+Each step's extra server CPU per review is what that layer costs. The load is vegeta at a
+fixed rate (default 1,000 req/s, open loop, keep-alive HTTP/1.1) with the v1beta1 mix; each
+server runs pinned to core 1 (taskset -c 1), vegeta on core 0. Server CPU per review is the
+process's utime+stime over the measured window (after a warm-up second) ÷ successful reviews.
 
-    python bench/stack.py [--connections 4] [--duration 5]
+    python bench/stack.py [--rate 1000] [--duration 5] [--unpinned]
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen, mix
-from bench.run import process_cpu
+from bench import mix, vegeta
+from bench.stats import process_cpu
 from webhook import certs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,27 +83,40 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _answers(url: str, ca: Path, body: bytes) -> bool:
+    context = ssl.create_default_context(cafile=str(ca)) if url.startswith("https") else None
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
 def measure(
-    argv: list[str], url: str, ca: Path | None, bodies: Sequence[bytes], args: argparse.Namespace
-) -> dict[str, Any]:
+    argv: list[str], url: str, ca: Path, bodies: Sequence[bytes], args: argparse.Namespace,
+    work: Path,
+) -> dict[str, Any]:  # fmt: skip
+    if not args.unpinned:
+        argv = ["taskset", "-c", "1", *argv]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while True:  # until it answers
-            try:
-                loadgen.run_load(url, ca, bodies[:1], requests=1, duration=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {argv}") from None
-                time.sleep(0.1)
-        result = loadgen.run_load(
+        while not _answers(url, ca, bodies[0]):  # until it answers
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {argv}")
+            time.sleep(0.1)
+        result = vegeta.attack(
             url,
             ca,
             bodies,
-            connections=args.connections,
-            duration=args.duration,
-            warmup=300,
+            args.rate,
+            args.duration,
+            workdir=work / "vegeta",
+            cpus=None if args.unpinned else "0",
+            warmup_s=1.0,
             server_cpu=process_cpu(proc.pid),
         )
         return result.summary()
@@ -117,8 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_asgi(arguments[1], int(arguments[2]), arguments[3], arguments[4])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered req/s")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
+    parser.add_argument(
+        "--unpinned", action="store_true", help="do not pin (server on 1, vegeta on 0)"
+    )
     args = parser.parse_args(arguments)
     bodies = mix.bodies(mix.generate(200, mix.V1BETA1))
     with tempfile.TemporaryDirectory(prefix="piw-stack-") as tmp:
@@ -137,9 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             child += [cert, key] if tls else ["", ""]
             scheme = "https" if tls else "http"
             url = f"{scheme}://127.0.0.1:{port}/mutate"
-            rows.append(
-                (variant, scheme, measure(child, url, paths.ca_cert if tls else None, bodies, args))
-            )
+            rows.append((variant, scheme, measure(child, url, paths.ca_cert, bodies, args, work)))
         port = _free_port()
         serve = [
             sys.executable, "-m", "webhook", "serve", "--bind-address", "127.0.0.1",
@@ -147,14 +166,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--tls-key", key, "--objects", str(objects), f"--aws-default-region={mix.REGION}",
         ]  # fmt: skip
         url = f"https://127.0.0.1:{port}/mutate"
-        rows.append(("webhook", "https", measure(serve, url, paths.ca_cert, bodies, args)))
-    print(f"{'server':<12} {'':<6} {'req/s':>7} {'CPU µs/review':>14} {'step':>6}  errors")
+        rows.append(("webhook", "https", measure(serve, url, paths.ca_cert, bodies, args, work)))
+    where = "unpinned" if args.unpinned else "server on core 1, vegeta on core 0"
+    print(f"vegeta at {args.rate:.0f} req/s for {args.duration:g} s, {where}")
+    print(
+        f"{'server':<12} {'':<6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/review':>14} "
+        f"{'step':>6}  errors"
+    )
     previous = 0.0
     for variant, scheme, s in rows:
-        cpu = s["server_cpu_us_per_req"]
+        cpu = s.get("server_cpu_us_per_review", 0.0)
         print(
-            f"{variant:<12} {scheme:<6} {s['rps']:>7.0f} {cpu:>14.1f} {cpu - previous:>+6.0f}  "
-            f"{s['errors']}"
+            f"{variant:<12} {scheme:<6} {s['achieved_rps']:>7.0f} {s['p50_ms']:>7.2f} "
+            f"{s['p99_ms']:>7.2f} {cpu:>14.1f} {cpu - previous:>+6.0f}  {s['errors']}"
+            + (f" {s['error_samples']}" if s.get("error_samples") else "")
         )
         previous = cpu
     return 0

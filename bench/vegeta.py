@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import dataclasses
 import functools
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +50,14 @@ __all__ = [
 
 BINARY = "vegeta"
 MAX_ERROR_SAMPLES = 5
-# Above this many workers (each one a request in flight, so a connection) vegeta stops adding
-# more: a stalled server then sees at most this many requests queued rather than rate x timeout.
+# Above this many workers (each one a request in flight) vegeta stops adding more: a stalled
+# server then has at most this many requests outstanding rather than rate x timeout.
 DEFAULT_MAX_WORKERS = 2000
+# At most this many connections (-max-connections); a request finding them all busy waits for
+# one, and the wait is part of its latency. Without a cap, vegeta opens a new TLS connection
+# whenever no idle one is at hand: at 800/s against ours that was ~650 handshakes in the
+# first second, latency climbing to 500 ms before the pool settled (and then ~20 in use).
+DEFAULT_MAX_CONNECTIONS = 100
 
 
 class VegetaError(RuntimeError):
@@ -99,6 +107,16 @@ class AttackResult:
     started: float  # time.time() at which the first request was sent
     ended: float  # time.time() at which the last response was complete
     codes: dict[int, int] = field(default_factory=dict)  # HTTP status -> count (0: no answer)
+    server_cpu_s: float | None = None  # the server's CPU seconds in the window, if probed
+    attacker_cpu_s: float = 0.0  # vegeta's own CPU seconds, warm-up included
+    warmup_s: float = 0.0  # attacked before the measured window, left out of everything else
+
+    @property
+    def server_cpu_us_per_review(self) -> float | None:
+        """Server CPU µs per successful review (the probe's window ÷ ok)."""
+        if self.server_cpu_s is None or not self.ok:
+            return None
+        return 1e6 * self.server_cpu_s / self.ok
 
     def p(self, q: float) -> float:
         """Nearest-rank percentile of the successful requests' latency, in ms (q in 0..100)."""
@@ -123,9 +141,23 @@ class AttackResult:
             "p999_ms": round(self.p(99.9), 3),
             "max_ms": round(self.max_ms, 3),
         }
+        cpu = self.server_cpu_us_per_review
+        if cpu is not None and self.server_cpu_s is not None:
+            out["server_cpu_us_per_review"] = round(cpu, 1)
+            window = self.ended - self.started
+            out["server_cpu_pct"] = round(100 * self.server_cpu_s / window, 1) if window else 0.0
+        out["attacker_cpu_pct"] = round(
+            100 * self.attacker_cpu_s / max(self.warmup_s + self.duration_s, 1e-9), 1
+        )
         if self.error_samples:
             out["error_samples"] = self.error_samples
         return out
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (vegeta, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rate_flag(rate: float) -> str:
@@ -164,10 +196,17 @@ def _problem(code: int, error: str, body: bytes, check_body: bool) -> str | None
 
 
 def decode(
-    rows: Iterable[Sequence[str]], rate: float, duration: float, check_bodies: bool
+    rows: Iterable[Sequence[str]],
+    rate: float,
+    duration: float,
+    check_bodies: bool,
+    *,
+    since_ns: int = 0,
+    server_cpu_s: float | None = None,
 ) -> AttackResult:
-    """An AttackResult from `vegeta encode -to csv` rows: timestamp ns, code, latency ns,
-    bytes out, bytes in, error, base64 body, attack, seq, method, url, base64 headers."""
+    """An AttackResult from `vegeta encode -to csv` rows (timestamp ns, code, latency ns,
+    bytes out, bytes in, error, base64 body, attack, seq, method, url, base64 headers), leaving
+    out requests sent before `since_ns` (the warm-up)."""
     latencies: list[float] = []
     codes: dict[int, int] = {}
     samples: list[str] = []
@@ -175,6 +214,8 @@ def decode(
     first = last = 0
     for row in rows:
         start, code, latency = int(row[0]), int(row[1]), int(row[2])
+        if start < since_ns:
+            continue
         sent += 1
         codes[code] = codes.get(code, 0) + 1
         if sent == 1 or start < first:
@@ -203,6 +244,7 @@ def decode(
         started=first / 1e9,
         ended=last / 1e9,
         codes=codes,
+        server_cpu_s=server_cpu_s,
     )
 
 
@@ -217,45 +259,82 @@ def attack(
     cpus: str | None = None,
     check_bodies: bool = True,
     timeout_s: float = 10.0,
+    warmup_s: float = 0.0,
+    server_cpu: Callable[[], float] | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     name: str = "attack",
 ) -> AttackResult:
     """POST `bodies` (cycled, application/json) to `url` at `rate` per second for `duration`
     seconds, over HTTPS trusting `ca`, keep-alive HTTP/1.1. `cpus` runs vegeta under
-    `taskset -c CPUS`. The raw results stay in `workdir` (NAME.targets, NAME.bin) until the
-    next attack of that name. Every request vegeta sent is in the result, however late its
-    answer (up to `timeout_s`, after which it counts as an error)."""
+    `taskset -c CPUS`. Every request vegeta sent is in the result, however late its answer (up
+    to `timeout_s`, after which it counts as an error).
+
+    `warmup_s`: attack that much longer first, on the same connections, and leave those
+    requests out. `server_cpu`: a probe of the server's CPU seconds (bench.stats.process_cpu),
+    read when the measured window starts and once vegeta has exited; the difference is
+    `server_cpu_s`. The raw results stay in `workdir` (NAME.targets, NAME.bin, NAME.err)."""
     if not bodies:
         raise ValueError("no bodies to send")
     workdir.mkdir(parents=True, exist_ok=True)
     targets = write_targets(workdir / f"{name}.targets", url, bodies)
-    output = workdir / f"{name}.bin"
+    output, stderr_path = workdir / f"{name}.bin", workdir / f"{name}.err"
     binary = str(vegeta_binary())
     argv = [
         binary, "attack", f"-targets={targets}", "-format=json", f"-rate={_rate_flag(rate)}",
-        f"-duration={duration}s", f"-timeout={timeout_s}s", f"-root-certs={ca}",
-        "-http2=false", "-keepalive=true", f"-max-workers={max_workers}", f"-output={output}",
+        f"-duration={warmup_s + duration:.3f}s", f"-timeout={timeout_s}s", f"-root-certs={ca}",
+        "-http2=false", "-keepalive=true", f"-max-workers={max_workers}",
+        f"-max-connections={max_connections}", f"-output={output}",
     ]  # fmt: skip
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-    limit = duration + timeout_s + 60
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
-    except subprocess.TimeoutExpired:
-        raise VegetaError(f"vegeta attack ran over {limit:.0f}s: {argv}") from None
+    limit = warmup_s + duration + timeout_s + 60
+    since_ns = 0
+    cpu_start = None
+    children = _children_cpu()
+    with stderr_path.open("wb") as err, subprocess.Popen(argv, stdout=err, stderr=err) as proc:
+        try:
+            if warmup_s > 0 or server_cpu is not None:
+                try:
+                    proc.wait(warmup_s)  # returns early only if vegeta failed
+                except subprocess.TimeoutExpired:
+                    pass
+                # The measured window: requests sent from here on, server CPU from here on.
+                since_ns = time.time_ns()
+                cpu_start = server_cpu() if server_cpu is not None else None
+            proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise VegetaError(f"vegeta attack ran over {limit:.0f}s: {argv}") from None
+        cpu_s = (
+            server_cpu() - cpu_start if server_cpu is not None and cpu_start is not None else None
+        )
+    attacker_cpu_s = _children_cpu() - children
     if proc.returncode != 0:
-        raise VegetaError(f"vegeta attack exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    with subprocess.Popen(
-        [binary, "encode", "-to=csv", str(output)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as enc:
+        message = stderr_path.read_text(errors="replace").strip()[-2000:]
+        raise VegetaError(f"vegeta attack exited {proc.returncode}: {message}")
+    with (
+        stderr_path.open("wb") as err,
+        subprocess.Popen(
+            [binary, "encode", "-to=csv", str(output)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as enc,
+    ):
         assert enc.stdout is not None
-        result = decode(csv.reader(enc.stdout), rate, duration, check_bodies)
-        stderr = enc.stderr.read() if enc.stderr else ""
+        result = decode(
+            csv.reader(enc.stdout),
+            rate,
+            duration,
+            check_bodies,
+            since_ns=since_ns,
+            server_cpu_s=cpu_s,
+        )
+    result = dataclasses.replace(result, attacker_cpu_s=attacker_cpu_s, warmup_s=warmup_s)
     if enc.returncode != 0:
-        raise VegetaError(f"vegeta encode exited {enc.returncode}: {stderr.strip()[-2000:]}")
+        message = stderr_path.read_text(errors="replace").strip()[-2000:]
+        raise VegetaError(f"vegeta encode exited {enc.returncode}: {message}")
     return result
 
 
