@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import mix, vegeta
+from bench import mix, openloop, vegeta
 from bench.stats import percentile
 from webhook import certs
 from webhook.core.settings import MutationSettings
@@ -143,3 +143,45 @@ def test_vegeta_against_our_server(server: tuple[str, Path], tmp_path: Path) -> 
     assert result.ok > 0 and result.sent == result.ok == len(result.latencies_ms)
     assert result.latencies_ms == sorted(result.latencies_ms)
     assert result.ended >= result.started
+
+
+def _result(rate: float, latencies: list[float], errors: int = 0) -> vegeta.AttackResult:
+    ok = len(latencies)
+    return vegeta.AttackResult(
+        rate=rate, duration_s=1.0, latencies_ms=sorted(latencies), sent=ok + errors, ok=ok,
+        errors=errors, error_samples=["HTTP 500"] if errors else [], achieved_rps=float(ok),
+        started=0.0, ended=1.0, server_cpu_s=ok * 300e-6,
+    )  # fmt: skip
+
+
+def test_openloop_saturation_table_and_figure(tmp_path: Path) -> None:
+    limits = openloop.Limits()
+    fine = _result(100, [1.0] * 100)
+    assert openloop.saturation(fine, limits) is None
+    assert "achieved" in (openloop.saturation(_result(100, [1.0] * 90), limits) or "")
+    assert "errors" in (openloop.saturation(_result(100, [1.0] * 97, errors=3), limits) or "")
+    slow = _result(100, [1.0] * 98 + [150.0] * 2)
+    assert "p99" in (openloop.saturation(slow, limits) or "")
+    points = []
+    for budget in (openloop.PINNED, openloop.UNPINNED):
+        for name, rates in (("ours", (250, 500)), ("upstream", (250,))):
+            for rate in rates:
+                r = _result(
+                    rate, [0.5] * rate if rate == 250 else [0.5] * (rate - 10) + [200.0] * 10
+                )
+                points.append(openloop.point(name, budget, 0, r, limits))
+    report = {
+        "machine": {"date": "d", "cpus": 2, "cpu_model": "cpu", "python": "3", "upstream": "v0",
+                    "kubernetes": "v1", "loadavg_start": [0.1, 0.1, 0.1]},
+        "settings": {"vegeta": "v12", "duration_s": 1.0, "warmup_s": 1.0, "distinct_reviews": 2,
+                     "body_bytes_median": 10, "budgets": ["pinned", "unpinned"],
+                     "limits": {"max_p99_ms": 100.0}},
+        "points": points,
+    }  # fmt: skip
+    markdown = openloop.render_markdown(report)
+    assert markdown.count("| 250 | 0.50 / 0.50 |") == 2  # one row per budget
+    assert "| 500 | 0.50* / — |" in markdown  # saturated ours; upstream not given that rate
+    assert "| 0.60 |" not in markdown and "| 1.00 |" in markdown  # equal CPU per review
+    assert "250" in openloop.render_text(report)
+    openloop.plot(report, tmp_path / "openloop.png")
+    assert (tmp_path / "openloop.png").read_bytes().startswith(b"\x89PNG")
