@@ -8,9 +8,10 @@ container credentials, then the ServiceAccount's role annotation, then the Confi
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webhook.core.gocompat import parse_bool, parse_int64
 from webhook.core.settings import (
@@ -24,6 +25,7 @@ from webhook.core.settings import (
 _ROLE_ARN = re.compile(r"^arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z", re.ASCII)
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every review; the same few ARNs each time
 def is_valid_role_arn(arn: str) -> bool:
     return _ROLE_ARN.match(arn) is not None
 
@@ -116,6 +118,11 @@ class Lookup:
     config_map: IdentityEntry | None = None  # best ConfigMap match: exact, glob, then `*`
     config_map_exact: IdentityEntry | None = None  # exact-namespace ConfigMap key only
     container_credentials: bool = False
+    # resolve_identity's answer for this lookup, kept with it (settings, identity): the store
+    # hands out the same Lookup until a source changes, so most reviews resolve nothing.
+    resolved: tuple[MutationSettings, Identity | None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +134,11 @@ class Identity:
     use_regional_sts: bool
     token_expiration: int  # before the pod's own token-expiration annotation
     warnings: tuple[str, ...] = ()  # about the ServiceAccount's or ConfigMap's settings
+    # What planning derives from this identity alone, kept with it by the planner (a cache:
+    # identities live as long as their lookup, so most reviews derive nothing).
+    prepared: dict[object, object] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
 
 def _warnings(*candidates: str | None) -> tuple[str, ...]:
@@ -134,6 +146,16 @@ def _warnings(*candidates: str | None) -> tuple[str, ...]:
 
 
 def resolve_identity(lookup: Lookup, settings: MutationSettings) -> Identity | None:
+    """Which identity `lookup` gives under `settings` (remembered on the lookup: it is pure)."""
+    resolved = lookup.resolved
+    if resolved is not None and resolved[0] is settings:
+        return resolved[1]
+    identity = _resolve(lookup, settings)
+    object.__setattr__(lookup, "resolved", (settings, identity))  # a cache, not a change
+    return identity
+
+
+def _resolve(lookup: Lookup, settings: MutationSettings) -> Identity | None:
     if lookup.container_credentials:
         # Only STS and expiration carry over; a role ARN is irrelevant in this mode.
         common = lookup.service_account or lookup.config_map_exact

@@ -7,9 +7,13 @@ Order of additions, names and defaults follow upstream so swapped binaries produ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import functools
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from webhook.core.gocompat import csv_first_record, join_path
 from webhook.core.identity import Identity, Mode, is_valid_role_arn, parse_expiration
@@ -22,7 +26,7 @@ from webhook.core.settings import (
     clamp_expiration,
     expiration_warning,
 )
-from webhook.core.wire import EnvVar, PatchOp, Pod, VolumeMount
+from webhook.core.wire import PatchOp, Pod
 
 ROLE_ARN = "AWS_ROLE_ARN"
 WEB_IDENTITY_TOKEN_FILE = "AWS_WEB_IDENTITY_TOKEN_FILE"
@@ -36,7 +40,6 @@ _WEB_IDENTITY_PAIR = frozenset({ROLE_ARN, WEB_IDENTITY_TOKEN_FILE})
 _CONTAINER_CREDENTIALS_PAIR = frozenset(
     {CONTAINER_CREDENTIALS_FULL_URI, CONTAINER_AUTHORIZATION_TOKEN_FILE}
 )
-_REGION_NAMES = frozenset({REGION, DEFAULT_REGION})
 _OS_SELECTORS = ("kubernetes.io/os", "beta.kubernetes.io/os")
 
 Jitter = Callable[[], int]
@@ -44,15 +47,21 @@ Jitter = Callable[[], int]
 
 @dataclass(slots=True)
 class Plan:
-    """The outcome of planning; `operations` empty means the pod already has everything.
+    """The outcome of planning: the JSON patch, encoded once; b"" when the pod already has
+    everything.
 
     `warnings` say where we deviated from the plain recipe so that the pod stays valid
     (they become the AdmissionReview response's warnings, which kubectl prints).
     """
 
-    operations: list[PatchOp]
+    patch: bytes
     token_expiration: int
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def operations(self) -> list[PatchOp]:
+        """The patch as data, for readers (tests, tools); the server sends `patch` as is."""
+        return orjson.loads(self.patch) if self.patch else []
 
 
 def _escape(token: str) -> str:
@@ -95,13 +104,16 @@ def token_expiration_for(
 
 
 def is_windows(spec: Mapping[str, Any]) -> bool:
-    selector = spec.get("nodeSelector") or {}
-    if any(selector.get(key) == "windows" for key in _OS_SELECTORS):
-        return True
-    os_field = spec.get("os") or {}
-    return bool(os_field.get("name") == "windows")
+    selector = spec.get("nodeSelector")
+    if selector:
+        for key in _OS_SELECTORS:
+            if selector.get(key) == "windows":
+                return True
+    os_field = spec.get("os")
+    return bool(os_field and os_field.get("name") == "windows")
 
 
+@functools.lru_cache(maxsize=64)
 def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
     path = join_path(mount_path, token_path)
     if windows:
@@ -109,46 +121,128 @@ def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
     return path
 
 
+# The patch is written as JSON text directly: every value we add is known per identity, so it
+# is encoded once (orjson, cached) and a review only fills in the container paths. The text is
+# exactly what orjson.dumps writes for the same operations (tests/test_mutation.py checks).
+# A template is a tuple of text segments with a container's path going between them.
+Template = tuple[str, ...]
+
+
+def _op(path: str, value: object) -> str:
+    return orjson.dumps({"op": "add", "path": path, "value": value}).decode()
+
+
+def _template(suffix: str, values: list[object]) -> Template:
+    """Operations adding each value at <container path> + suffix, one after the other."""
+    head, tail = '{"op":"add","path":"', '","value":'
+    segments = [head]
+    for value in values:
+        segments.append(f"{suffix}{tail}{orjson.dumps(value).decode()}}},{head}")
+    segments[-1] = segments[-1][: -len("," + head)]
+    return tuple(segments)
+
+
+# What a container already has, as three flags: (credentials, region, regional STS).
+_Have = tuple[bool, bool, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _EnvOps:
+    """The env operations for one container, by how its env list looks."""
+
+    whole: Template  # the container has no env list: add it with all our variables
+    appended: Template  # it has one: append each variable
+
+
 @dataclass(frozen=True, slots=True)
 class _Injection:
-    """What each container should receive, computed once per pod."""
+    """What each container should receive, the same for every pod of one identity: built once
+    (cached), so a review only picks the env operations that apply and fills in paths."""
 
     credential_names: frozenset[str]
-    credentials: tuple[EnvVar, EnvVar]
     token_file_env: str  # the variable naming the token file
-    region: str
-    use_regional_sts: bool
-    mount: VolumeMount
+    volume_name: str
+    mount_path: str
+    # By what the container already has. None: it has all three, and upstream leaves it alone
+    # (no mount either); an _EnvOps with empty texts: nothing to add but the mount.
+    env_ops: Mapping[_Have, _EnvOps | None]
+    mount_whole: Template  # the container has no volumeMounts list
+    mount_appended: Template
 
 
-def _env_additions(names: set[str], injection: _Injection) -> list[EnvVar] | None:
-    """None when the container already has everything upstream looks for."""
-    has_credentials = not names.isdisjoint(injection.credential_names)
-    has_region = not names.isdisjoint(_REGION_NAMES)
-    has_sts = STS_REGIONAL_ENDPOINTS in names
+def _env_additions(
+    have: _Have, region: str, use_regional_sts: bool, credentials: tuple[tuple[str, str], ...]
+) -> list[dict[str, str]] | None:
+    """Upstream's order: regional STS, region (both names), then the credential pair."""
+    has_credentials, has_region, has_sts = have
     if has_credentials and has_region and has_sts:
         return None
-    additions: list[EnvVar] = []
-    if not has_sts and injection.use_regional_sts:
-        additions.append({"name": STS_REGIONAL_ENDPOINTS, "value": "regional"})
-    if not has_region and injection.region:
-        additions.append({"name": DEFAULT_REGION, "value": injection.region})
-        additions.append({"name": REGION, "value": injection.region})
+    additions: list[tuple[str, str]] = []
+    if not has_sts and use_regional_sts:
+        additions.append((STS_REGIONAL_ENDPOINTS, "regional"))
+    if not has_region and region:
+        additions.append((DEFAULT_REGION, region))
+        additions.append((REGION, region))
     if not has_credentials:
-        additions.extend(injection.credentials)
-    return additions
+        additions.extend(credentials)
+    return [{"name": name, "value": value} for name, value in additions]
 
 
-def _add_to_list(
-    ops: list[PatchOp], owner: Mapping[str, Any], path: str, key: str, items: Iterable[Any]
-) -> None:
-    items = list(items)
-    if not items:
-        return
-    if owner.get(key) is None:
-        ops.append({"op": "add", "path": f"{path}/{key}", "value": items})
-    else:
-        ops.extend({"op": "add", "path": f"{path}/{key}/-", "value": item} for item in items)
+def _env_ops(additions: list[dict[str, str]] | None) -> _EnvOps | None:
+    if additions is None:
+        return None
+    if not additions:
+        return _EnvOps((), ())
+    return _EnvOps(
+        whole=_template("/env", [additions]),
+        appended=_template("/env/-", list(additions)),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _injection(
+    credential_names: frozenset[str],
+    credentials: tuple[tuple[str, str], ...],
+    token_file_env: str,
+    volume_name: str,
+    mount_path: str,
+    region: str,
+    use_regional_sts: bool,
+) -> _Injection:
+    flags = (False, True)
+    mount = {"name": volume_name, "readOnly": True, "mountPath": mount_path}
+    return _Injection(
+        credential_names=credential_names,
+        token_file_env=token_file_env,
+        volume_name=volume_name,
+        mount_path=mount_path,
+        env_ops={
+            have: _env_ops(_env_additions(have, region, use_regional_sts, credentials))
+            for have in itertools.product(flags, flags, flags)
+        },
+        mount_whole=_template("/volumeMounts", [[mount]]),
+        mount_appended=_template("/volumeMounts/-", [mount]),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _volume_op(
+    volume_name: str, audience: str, expiration: int, token_path: str, first: bool
+) -> str:
+    token: dict[str, object] = {"audience": audience} if audience else {}  # upstream omits ""
+    token["expirationSeconds"] = expiration
+    token["path"] = token_path
+    volume = {"name": volume_name, "projected": {"sources": [{"serviceAccountToken": token}]}}
+    # Upstream prepends the volume; we keep its position so stored pods compare equal.
+    if first:
+        return _op("/spec/volumes", [volume])
+    return _op("/spec/volumes/0", volume)
+
+
+_LABEL_OPS = (
+    _op("/metadata/labels", {POD_IDENTITY_LABEL: "enabled"}),
+    _op("/metadata/labels/" + _escape(POD_IDENTITY_LABEL), "enabled"),
+)
 
 
 def _occupant(container: Mapping[str, Any], mount_path: str) -> tuple[str, str] | None:
@@ -165,42 +259,65 @@ def _occupant(container: Mapping[str, Any], mount_path: str) -> tuple[str, str] 
 
 def _occupied_warning(container_name: Any, occupant: tuple[str, str], injection: _Injection) -> str:
     verb, what = occupant
-    mount = injection.mount
     return (
         f"pod-identity-webhook: container {container_name!r} already {verb} {what} at "
-        f"{mount['mountPath']}, so the {mount['name']} volume is not mounted there (the API "
-        f"server rejects two mounts at one path); {injection.token_file_env} points into "
-        f"{what} instead"
+        f"{injection.mount_path}, so the {injection.volume_name} volume is not mounted there "
+        f"(the API server rejects two mounts at one path); {injection.token_file_env} points "
+        f"into {what} instead"
     )
 
 
 def _plan_containers(
-    ops: list[PatchOp],
+    ops: list[str],  # operation texts
     warnings: list[str],
-    spec: Mapping[str, Any],
+    containers: Any,
     list_name: str,
     skip: frozenset[str],
     injection: _Injection,
 ) -> None:
-    for index, container in enumerate(spec.get(list_name) or ()):
+    # The hot loop of every review: plain loops and precomputed operation texts.
+    credential_names = injection.credential_names
+    volume_name, mount_path = injection.volume_name, injection.mount_path
+    env_ops = injection.env_ops
+    for index, container in enumerate(containers):
         name = container.get("name")
         if name in skip:
             continue
-        env = container.get("env") or ()
-        names = {var.get("name") for var in env}
-        additions = _env_additions(names, injection)
-        if additions is None:
+        env = container.get("env")
+        names = {var.get("name") for var in env} if env else set()
+        has_credentials = not credential_names.isdisjoint(names)
+        chosen = env_ops[
+            (
+                has_credentials,
+                DEFAULT_REGION in names or REGION in names,
+                STS_REGIONAL_ENDPOINTS in names,
+            )
+        ]
+        if chosen is None:
             continue
         path = f"/spec/{list_name}/{index}"
-        mounts = container.get("volumeMounts") or ()
-        has_mount = any(m.get("name") == injection.mount["name"] for m in mounts)
-        _add_to_list(ops, container, path, "env", additions)
-        if has_mount:
-            continue
-        occupant = _occupant(container, injection.mount["mountPath"])
+        template = chosen.whole if env is None else chosen.appended
+        if template:
+            ops.append(path.join(template))
+        mounts = container.get("volumeMounts")
+        occupied = False  # something else is mounted at our path
+        if mounts:
+            has_mount = False
+            for mount in mounts:
+                if mount.get("name") == volume_name:
+                    has_mount = True
+                    break
+                if mount.get("mountPath") == mount_path:
+                    occupied = True
+            if has_mount:
+                continue
+        occupant = (
+            _occupant(container, mount_path) if occupied or "volumeDevices" in container else None
+        )
         if occupant is None:
-            _add_to_list(ops, container, path, "volumeMounts", (dict(injection.mount),))
-        elif names.isdisjoint(injection.credential_names):  # we point the env at that path
+            template = injection.mount_whole if mounts is None else injection.mount_appended
+            ops.append(path.join(template))
+        elif not has_credentials:  # we point the env at that path
             warnings.append(_occupied_warning(name, occupant, injection))
 
 
@@ -229,6 +346,59 @@ def identity_warnings(identity: Identity, namespace: str, service_account: str) 
     return [role, *warnings] if role else warnings
 
 
+@dataclass(frozen=True, slots=True)
+class _Recipe:
+    """Everything planning derives from (identity, settings, windows): built once per
+    identity and kept on it, so a review only reads the pod."""
+
+    container_credentials: bool
+    volume_name: str
+    token_path: str
+    injection: _Injection
+
+
+def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _Recipe:
+    # Keyed by windows, checked by settings identity (hashing the settings costs more than
+    # the recipe saves); other settings simply replace the entry.
+    kept = identity.prepared.get(windows)
+    if isinstance(kept, tuple) and kept[0] is settings:
+        return kept[1]  # type: ignore[no-any-return]
+    if identity.mode is Mode.CONTAINER_CREDENTIALS:
+        cc = settings.container_credentials
+        volume_name, mount_path, token_path = cc.volume_name, cc.mount_path, cc.token_path
+        token_file = _token_file(mount_path, token_path, windows)
+        credentials: tuple[tuple[str, str], ...] = (
+            (CONTAINER_CREDENTIALS_FULL_URI, cc.full_uri),
+            (CONTAINER_AUTHORIZATION_TOKEN_FILE, token_file),
+        )
+        credential_names, token_file_env = (
+            _CONTAINER_CREDENTIALS_PAIR,
+            CONTAINER_AUTHORIZATION_TOKEN_FILE,
+        )
+    else:
+        volume_name = WEB_IDENTITY_VOLUME_NAME
+        mount_path, token_path = settings.token_mount_path, WEB_IDENTITY_TOKEN_PATH
+        token_file = _token_file(mount_path, token_path, windows)
+        credentials = ((ROLE_ARN, identity.role_arn), (WEB_IDENTITY_TOKEN_FILE, token_file))
+        credential_names, token_file_env = _WEB_IDENTITY_PAIR, WEB_IDENTITY_TOKEN_FILE
+    recipe = _Recipe(
+        container_credentials=identity.mode is Mode.CONTAINER_CREDENTIALS,
+        volume_name=volume_name,
+        token_path=token_path,
+        injection=_injection(
+            credential_names,
+            credentials,
+            token_file_env,
+            volume_name,
+            mount_path,
+            settings.aws_default_region,
+            identity.use_regional_sts,
+        ),
+    )
+    identity.prepared[windows] = (settings, recipe)
+    return recipe
+
+
 def plan_mutation(
     pod: Pod,
     namespace: str,
@@ -240,77 +410,40 @@ def plan_mutation(
     annotations = pod_annotations(pod)
     spec = pod.get("spec") or {}
     expiration, expiration_note = token_expiration_for(identity, annotations, settings, jitter)
-    ops: list[PatchOp] = []
-    plan = Plan(operations=ops, token_expiration=expiration)
+    ops: list[str] = []  # operation texts
+    warnings: list[str] = []
     if expiration_note:
-        plan.warnings.append(f"pod-identity-webhook: {expiration_note}")
+        warnings.append(f"pod-identity-webhook: {expiration_note}")
+    recipe = _recipe(identity, settings, is_windows(spec))
 
-    if identity.mode is Mode.CONTAINER_CREDENTIALS:
-        cc = settings.container_credentials
-        volume_name, mount_path, token_path = cc.volume_name, cc.mount_path, cc.token_path
-        token_file = _token_file(mount_path, token_path, is_windows(spec))
-        credentials: tuple[EnvVar, EnvVar] = (
-            {"name": CONTAINER_CREDENTIALS_FULL_URI, "value": cc.full_uri},
-            {"name": CONTAINER_AUTHORIZATION_TOKEN_FILE, "value": token_file},
-        )
-        credential_names = _CONTAINER_CREDENTIALS_PAIR
-        token_file_env = CONTAINER_AUTHORIZATION_TOKEN_FILE
+    if recipe.container_credentials:
         labels = (pod.get("metadata") or {}).get("labels")
         if labels is None:
-            ops.append(
-                {"op": "add", "path": "/metadata/labels", "value": {POD_IDENTITY_LABEL: "enabled"}}
-            )
+            ops.append(_LABEL_OPS[0])
         elif labels.get(POD_IDENTITY_LABEL) != "enabled":
-            ops.append(
-                {
-                    "op": "add",
-                    "path": "/metadata/labels/" + _escape(POD_IDENTITY_LABEL),
-                    "value": "enabled",
-                }
-            )
-    else:
-        volume_name = WEB_IDENTITY_VOLUME_NAME
-        mount_path, token_path = settings.token_mount_path, WEB_IDENTITY_TOKEN_PATH
-        token_file = _token_file(mount_path, token_path, is_windows(spec))
-        credentials = (
-            {"name": ROLE_ARN, "value": identity.role_arn},
-            {"name": WEB_IDENTITY_TOKEN_FILE, "value": token_file},
-        )
-        credential_names = _WEB_IDENTITY_PAIR
-        token_file_env = WEB_IDENTITY_TOKEN_FILE
+            ops.append(_LABEL_OPS[1])
 
+    volume_name = recipe.volume_name
     volumes = spec.get("volumes")
-    if not any(v.get("name") == volume_name for v in volumes or ()):
-        volume = {
-            "name": volume_name,
-            "projected": {
-                "sources": [
-                    {
-                        # Upstream's struct omits an empty audience; so do we.
-                        "serviceAccountToken": {
-                            **({"audience": identity.audience} if identity.audience else {}),
-                            "expirationSeconds": expiration,
-                            "path": token_path,
-                        }
-                    }
-                ]
-            },
-        }
-        # Upstream prepends the volume; we keep its position so stored pods compare equal.
-        if volumes is None:
-            ops.append({"op": "add", "path": "/spec/volumes", "value": [volume]})
-        else:
-            ops.append({"op": "add", "path": "/spec/volumes/0", "value": volume})
+    has_volume = False
+    for volume in volumes or ():
+        if volume.get("name") == volume_name:
+            has_volume = True
+            break
+    if not has_volume:
+        ops.append(
+            _volume_op(
+                volume_name, identity.audience, expiration, recipe.token_path, volumes is None
+            )
+        )
 
-    injection = _Injection(
-        credential_names=credential_names,
-        credentials=credentials,
-        token_file_env=token_file_env,
-        region=settings.aws_default_region,
-        use_regional_sts=identity.use_regional_sts,
-        mount={"name": volume_name, "readOnly": True, "mountPath": mount_path},
-    )
-    skip = containers_to_skip(annotations, settings)
-    _plan_containers(ops, plan.warnings, spec, "initContainers", skip, injection)
-    _plan_containers(ops, plan.warnings, spec, "containers", skip, injection)
-    return plan
+    injection = recipe.injection
+    skip = containers_to_skip(annotations, settings) if annotations else frozenset()
+    init_containers = spec.get("initContainers")
+    if init_containers:
+        _plan_containers(ops, warnings, init_containers, "initContainers", skip, injection)
+    containers = spec.get("containers")
+    if containers:
+        _plan_containers(ops, warnings, containers, "containers", skip, injection)
+    patch = ("[" + ",".join(ops) + "]").encode() if ops else b""
+    return Plan(patch=patch, token_expiration=expiration, warnings=warnings)

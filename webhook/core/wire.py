@@ -46,3 +46,75 @@ class AdmissionReviewResponse(TypedDict):
     apiVersion: str
     kind: Literal["AdmissionReview"]
     response: AdmissionResponse
+
+
+# -- what a review is read as ------------------------------------------------------------
+# The fields of an AdmissionReview a mutation reads, and nothing else: the review decoder
+# builds these and skips every other field without materialising it (a pod's managedFields,
+# probes, resources... are never built). Every key is optional, and null reads as absent, as
+# Go's encoding/json has it. The types are the Pod schema's for the fields
+# `podshape.pod_shape_error` checks; a value of another type fails the typed decode, and the
+# review is then read in full so that the denial names the field exactly as before.
+# Fields typed `Any` are read but checked by the code that uses them.
+
+
+class NamedIn(TypedDict, total=False):
+    name: str | None
+
+
+class VolumeMountIn(TypedDict, total=False):
+    name: str | None
+    mountPath: Any
+
+
+class VolumeDeviceIn(TypedDict, total=False):
+    name: Any
+    devicePath: Any
+
+
+class ContainerIn(TypedDict, total=False):
+    name: str | None
+    env: list[NamedIn] | None
+    volumeMounts: list[VolumeMountIn] | None
+    volumeDevices: Any
+
+
+class PodOSIn(TypedDict, total=False):
+    name: str
+
+
+class PodSpecIn(TypedDict, total=False):
+    serviceAccountName: str | None
+    nodeSelector: dict[str, str] | None
+    os: PodOSIn | None
+    volumes: list[NamedIn] | None
+    initContainers: list[ContainerIn] | None
+    containers: list[ContainerIn] | None
+
+
+class ObjectMetaIn(TypedDict, total=False):
+    name: str | None
+    generateName: str | None
+    namespace: str | None
+    annotations: dict[str, str] | None
+    labels: dict[str, str] | None
+
+
+class PodIn(TypedDict, total=False):
+    metadata: ObjectMetaIn | None
+    spec: PodSpecIn | None
+
+
+class AdmissionRequestIn(TypedDict, total=False):
+    uid: Any
+    kind: Any
+    namespace: Any
+    operation: Any
+    subResource: Any
+    object: PodIn | None
+
+
+class AdmissionReviewIn(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    request: AdmissionRequestIn | None

@@ -18,6 +18,9 @@ from webhook.core.settings import MutationSettings
 
 log = logging.getLogger("webhook.store")
 
+# Lookups kept for reuse: one per ServiceAccount that pods use, dropped all at once beyond this.
+LOOKUP_CACHE_SIZE = 65_536
+
 ArrivalCallback = Callable[[str], None]
 Refill = Callable[[], None]
 
@@ -47,19 +50,39 @@ class IdentityStore:
         self._refills: list[tuple[str, Refill]] = []
         self._refill_lock = threading.Lock()
         self._used = False
+        # The hot path hands out the same Lookup object (and its resolved identity) until a
+        # source changes. Each entry carries the generation it was built in; every write bumps
+        # the generation after changing the data, so an entry built from older data is never
+        # served again, however a read and a write interleave.
+        self._generation = 0
+        self._lookups: dict[str, tuple[int, Lookup]] = {}
 
     # -- reads (hot path) -------------------------------------------------------------------
 
     def lookup(self, namespace: str, service_account: str) -> Lookup:
+        key = f"{namespace}/{service_account}"
+        generation = self._generation  # read before the data (see __init__)
+        cached = self._lookups.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         config_map = self._config_map
-        return Lookup(
-            service_account=self._service_accounts.get(f"{namespace}/{service_account}"),
+        lookup = Lookup(
+            service_account=self._service_accounts.get(key),
             config_map=config_map.lookup(namespace, service_account) if config_map else None,
             config_map_exact=(
                 config_map.lookup_exact(namespace, service_account) if config_map else None
             ),
             container_credentials=(namespace, service_account) in self._container_credentials,
         )
+        lookups = self._lookups
+        if len(lookups) >= LOOKUP_CACHE_SIZE:
+            lookups.clear()
+        lookups[key] = (generation, lookup)
+        return lookup
+
+    def _changed(self) -> None:
+        """After every write to the data lookups read (callers hold _write_lock)."""
+        self._generation += 1
 
     @property
     def service_account_count(self) -> int:
@@ -110,6 +133,7 @@ class IdentityStore:
             self._service_accounts[key] = entry
             if self._replacing is not None:
                 self._replacing[key] = entry
+            self._changed()
         self._notify(key)
 
     def delete_service_account(self, namespace: str, name: str) -> None:
@@ -118,6 +142,7 @@ class IdentityStore:
             self._service_accounts.pop(key, None)
             if self._replacing is not None:
                 self._replacing[key] = None
+            self._changed()
 
     def replace_service_accounts(
         self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]
@@ -143,16 +168,22 @@ class IdentityStore:
                     fresh[key] = entry
             self._service_accounts = fresh
             self._replacing = None
+            self._changed()
         with self._arrival_lock:
             waiting = [key for key in self._arrivals if key in fresh]
         for key in waiting:
             self._notify(key)
 
     def set_config_map(self, index: ConfigMapIndex) -> None:
-        self._config_map = index
+        with self._write_lock:
+            self._config_map = index
+            self._changed()
 
     def set_container_credentials(self, identities: Iterable[tuple[str, str]]) -> None:
-        self._container_credentials = frozenset(identities)
+        fresh = frozenset(identities)
+        with self._write_lock:
+            self._container_credentials = fresh
+            self._changed()
 
     def add_refill(self, what: str, refill: Refill) -> None:
         """Register how a source reloads everything it provides, for `clear`."""
@@ -168,7 +199,8 @@ class IdentityStore:
         with self._write_lock:
             self._used = self.used
             self._service_accounts = {}
-        self._config_map = EMPTY_INDEX
+            self._config_map = EMPTY_INDEX
+            self._changed()
         if not self._refills:
             return None
         thread = threading.Thread(target=self._refill, name="cache-refill", daemon=True)
