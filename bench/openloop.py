@@ -207,7 +207,9 @@ def _cell(p: dict[str, Any] | None, key: str, fmt: str) -> str:
     if p is None or key not in p:
         return "—"
     text = fmt.format(p[key])
-    return text + ("*" if p["saturated"] else "") + ("†" if "first_attempt" in p else "")
+    if key == "p99_ms":  # the point's marks, once per row and server
+        text += ("*" if p["saturated"] else "") + ("†" if "first_attempt" in p else "")
+    return text
 
 
 def cpu_ratio(row: dict[str, Any]) -> float | None:
@@ -225,11 +227,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{m['upstream']} interleaved per rate (ABBA); v1beta1 mix of {s['distinct_reviews']} "
         f"reviews (median {s['body_bytes_median']} B) against a real kube-apiserver "
         f"{m['kubernetes']}. {m['date']}, {m['cpus']} x {m['cpu_model']}, Python {m['python']}, "
-        f"load average {m['loadavg_start'][0]:.1f} at start. Each cell is **ours / upstream**; "
-        "* marks a saturated point (achieved < 95% of offered, errors > 1% or p99 > 100 ms: no "
-        "higher rate for that server), † one measured again after a first attempt was saturated "
-        "(both in latest.json), — a rate it was not given. Server CPU per review is the "
-        "process's utime+stime over the window ÷ successful reviews.",
+        f"load average {m['loadavg_start'][0]:.1f} at start. Each cell is **ours / upstream**. "
+        "A * after a p99 marks a saturated point (achieved < 95% of offered, errors > 1% or p99 "
+        "> 100 ms: no higher rate for that server; a CPU ratio involving one is starred too), a "
+        "† one measured again because its first attempt was saturated (both attempts are in "
+        "latest.json); — is a rate that server was not given. Server CPU per review is the "
+        "process's utime+stime over the measured window ÷ successful reviews.",
         "",
     ]
     for budget in s["budgets"]:
@@ -245,7 +248,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"{_cell(row.get('ours'), key, fmt)} / {_cell(row.get('upstream'), key, fmt)}"
                 )
             ratio = cpu_ratio(row)
-            cells.append(f"{ratio:.2f}" if ratio is not None else "—")
+            saturated = any(p["saturated"] for p in row.values())
+            cells.append(f"{ratio:.2f}{'*' if saturated else ''}" if ratio is not None else "—")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     micro = report.get("microbench")

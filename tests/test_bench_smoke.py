@@ -180,7 +180,7 @@ def test_openloop_saturation_table_and_figure(tmp_path: Path) -> None:
     }  # fmt: skip
     markdown = openloop.render_markdown(report)
     assert markdown.count("| 250 | 0.50 / 0.50 |") == 2  # one row per budget
-    assert "| 500 | 0.50* / — |" in markdown  # saturated ours; upstream not given that rate
+    assert "| 500 | 0.50 / — | 200.00* / — |" in markdown  # ours saturated; upstream not sent
     assert "| 0.60 |" not in markdown and "| 1.00 |" in markdown  # equal CPU per review
     assert "250" in openloop.render_text(report)
     openloop.plot(report, tmp_path / "openloop.png")
