@@ -131,6 +131,9 @@ class _FakeAPI:
         assert path == "/api/v1/namespaces/eks/configmaps"
         return {"metadata": {}, "items": [_config_map(json.dumps(self.config))]}
 
+    def get_bytes(self, path: str, query: Any = None, timeout: float = 30.0) -> bytes:
+        return orjson.dumps(self.get_json(path, query, timeout))
+
 
 def _refilled(store: IdentityStore) -> None:
     thread = store.clear()

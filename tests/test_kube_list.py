@@ -1,0 +1,132 @@
+"""Listing ServiceAccounts: pages decoded into only what the cache keeps, the GIL given up
+between slices of a page, and the same entries as a full decode would give."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from webhook.core.settings import MutationSettings
+from webhook.sources import kube
+from webhook.sources.kube import KubeSource, decode_service_account_page
+from webhook.sources.store import IdentityStore
+
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+ROLE = "arn:aws:iam::111122223333:role/app"
+
+
+def account(index: int) -> dict[str, Any]:
+    """A ServiceAccount as the API server lists it: plenty of fields the cache never reads."""
+    annotations = {"meta.helm.sh/release-name": f"r{index}"}
+    if index % 3 == 0:
+        annotations[ROLE_ANNOTATION] = f"{ROLE}-{index}"
+    return {
+        "metadata": {
+            "name": f"sa-{index}",
+            "namespace": f"ns-{index % 7}",
+            "uid": f"uid-{index}",
+            "resourceVersion": str(100 + index),
+            "labels": {"app": "x"},
+            "annotations": annotations,
+            "managedFields": [{"manager": "helm", "fieldsV1": {"f:metadata": {}}}],
+        },
+        "secrets": [{"name": f"sa-{index}-token"}],
+    }
+
+
+def page(items: list[dict[str, Any]], continue_token: str = "", version: str = "77") -> bytes:
+    metadata: dict[str, Any] = {"resourceVersion": version}
+    if continue_token:
+        metadata["continue"] = continue_token
+        metadata["remainingItemCount"] = 5
+    return orjson.dumps(
+        {"kind": "ServiceAccountList", "apiVersion": "v1", "metadata": metadata, "items": items}
+    )
+
+
+def test_a_page_decodes_to_namespace_name_and_annotations_with_its_continue_token() -> None:
+    items = [account(i) for i in range(4)]
+    accounts, token, version = decode_service_account_page(page(items, "next-page", "91"))
+    assert token == "next-page" and version == "91"
+    assert accounts == [
+        (i["metadata"]["namespace"], i["metadata"]["name"], i["metadata"]["annotations"])
+        for i in items
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"kind":"ServiceAccountList","metadata":{},"items":null}',
+        b'{"kind":"ServiceAccountList","items":[]}',
+        b'{"metadata":null}',
+    ],
+)
+def test_an_empty_page_in_any_spelling_has_no_accounts_and_no_continue(body: bytes) -> None:
+    assert decode_service_account_page(body) == ([], "", "")
+
+
+def test_missing_or_null_metadata_and_annotations_decode_as_empty() -> None:
+    body = (
+        b'{"metadata":{"resourceVersion":"5","continue":null},"items":['
+        b'{"metadata":{"name":"a","namespace":"n","annotations":null}},{"metadata":null},{}]}'
+    )
+    assert decode_service_account_page(body) == (
+        [("n", "a", None), ("", "", None), ("", "", None)],
+        "",
+        "5",
+    )
+
+
+def test_a_page_the_schema_refuses_is_decoded_in_full_instead() -> None:
+    # The API server stores annotations as strings only; should a page say otherwise, the
+    # list goes on as it did before the typed decoder, rather than failing (and retrying).
+    item = account(3)
+    item["metadata"]["annotations"]["odd"] = 12
+    accounts, token, version = decode_service_account_page(page([item], "t"))
+    assert accounts == [("ns-3", "sa-3", item["metadata"]["annotations"])]
+    assert (token, version) == ("t", "77")
+
+
+class PagedAPI:
+    """`count` ServiceAccounts in pages of kube.PAGE_SIZE, continue tokens as the API server's."""
+
+    def __init__(self, count: int) -> None:
+        self.items = [account(i) for i in range(count)]
+        self.queries: list[dict[str, str]] = []
+
+    def get_bytes(self, path: str, query: Any = None, timeout: float = 30.0) -> bytes:
+        assert path == "/api/v1/serviceaccounts"
+        params = dict(query or [])
+        self.queries.append(params)
+        start = int(base64.b64decode(params["continue"])) if "continue" in params else 0
+        end = min(len(self.items), start + int(params["limit"]))
+        token = base64.b64encode(str(end).encode()).decode() if end < len(self.items) else ""
+        return page(self.items[start:end], token, version=str(1000 + end))
+
+
+def test_a_list_fills_the_store_from_every_page_and_gives_the_gil_up_between_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[int] = []
+    store = IdentityStore(MutationSettings())
+    monkeypatch.setattr(kube, "_give_up_gil", lambda: pauses.append(store.service_account_count))
+    count = 2 * kube.PAGE_SIZE + 70
+    api = PagedAPI(count)
+    source = KubeSource(store, api, config_map_namespace=None, resync_seconds=0)  # type: ignore[arg-type]
+
+    version = source._list_service_accounts()
+
+    assert version == str(1000 + count)  # the last page's: the watch resumes from it
+    assert [q.get("resourceVersion") for q in api.queries] == ["0", None, None]
+    assert store.service_account_count == count
+    assert store.identity_count == len(range(0, count, 3))
+    entry = store.lookup("ns-3", "sa-3").service_account
+    assert entry is not None and entry.role_arn == f"{ROLE}-3"
+    assert store.lookup("ns-1", "sa-1").service_account is not None  # listed, no role
+    # After each page's decode and after every YIELD_EVERY accounts of it.
+    slices = sum(-(-n // kube.YIELD_EVERY) for n in (kube.PAGE_SIZE, kube.PAGE_SIZE, 70))
+    assert len(pauses) == 3 + slices
