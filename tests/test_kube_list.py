@@ -130,3 +130,43 @@ def test_a_list_fills_the_store_from_every_page_and_gives_the_gil_up_between_sli
     # After each page's decode and after every YIELD_EVERY accounts of it.
     slices = sum(-(-n // kube.YIELD_EVERY) for n in (kube.PAGE_SIZE, kube.PAGE_SIZE, 70))
     assert len(pauses) == 3 + slices
+
+
+def test_a_page_split_into_slices_gives_exactly_the_accounts_of_a_whole_decode() -> None:
+    items = [account(i) for i in range(123)]
+    # Text that looks like an item boundary inside a string: JSON escapes its quotes.
+    items[7]["metadata"]["annotations"]["note"] = '},{"metadata":{"name":"fake"}}'
+    body = page(items, "more", "12")
+    token, version, slices = kube.split_service_account_page(body, 50)
+    chunks = list(slices)
+    assert (token, version) == ("more", "12")
+    assert [len(c) for c in chunks] == [50, 50, 23]
+    assert [a for c in chunks for a in c] == decode_service_account_page(body)[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        orjson.dumps(
+            orjson.loads(page([account(i) for i in range(5)], "t")), option=orjson.OPT_INDENT_2
+        ),
+        orjson.dumps({"items": [account(i) for i in range(5)], "metadata": {"continue": "t"}}),
+        page([account(i) for i in range(5)], "t") + b"\n",
+    ],
+    ids=["indented", "items first", "trailing newline"],
+)
+def test_any_other_layout_of_the_page_is_decoded_whole_or_sliced_alike(body: bytes) -> None:
+    token, _, slices = kube.split_service_account_page(body, 2)
+    assert token == "t"
+    assert [a for c in slices for a in c] == decode_service_account_page(body)[0]
+    assert len(decode_service_account_page(body)[0]) == 5
+
+
+def test_a_slice_that_fails_to_decode_falls_back_to_the_whole_page_for_the_rest() -> None:
+    # An item whose own array holds objects starting with "metadata" (not a ServiceAccount
+    # field, but possible in principle): the split lands inside it, the halves do not decode.
+    items = [account(i) for i in range(6)]
+    items[3]["extra"] = [{"metadata": {"a": "b"}}, {"metadata": {"c": "d"}}]
+    body = page(items)
+    _, _, slices = kube.split_service_account_page(body, 2)
+    assert [a for c in slices for a in c] == decode_service_account_page(body)[0]
