@@ -4,6 +4,7 @@ between slices of a page, and the same entries as a full decode would give."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,7 +12,13 @@ import pytest
 
 from webhook.core.settings import MutationSettings
 from webhook.sources import kube
-from webhook.sources.kube import KubeSource, decode_service_account_page
+from webhook.sources.kube import (
+    KubeSource,
+    ListFormatError,
+    PageMeta,
+    decode_service_account_page,
+    stream_service_account_page,
+)
 from webhook.sources.store import IdentityStore
 
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
@@ -107,6 +114,10 @@ class PagedAPI:
         token = base64.b64encode(str(end).encode()).decode() if end < len(self.items) else ""
         return page(self.items[start:end], token, version=str(1000 + end))
 
+    def get_chunks(self, path: str, query: Any = None, timeout: float = 30.0) -> Iterator[bytes]:
+        body = self.get_bytes(path, query, timeout)
+        return iter([body[i : i + 1000] for i in range(0, len(body), 1000)])
+
 
 def test_a_list_fills_the_store_from_every_page_and_gives_the_gil_up_between_slices(
     monkeypatch: pytest.MonkeyPatch,
@@ -170,3 +181,58 @@ def test_a_slice_that_fails_to_decode_falls_back_to_the_whole_page_for_the_rest(
     body = page(items)
     _, _, slices = kube.split_service_account_page(body, 2)
     assert [a for c in slices for a in c] == decode_service_account_page(body)[0]
+
+
+def streamed(body: bytes, chunk: int, size: int = 50) -> tuple[list[Any], PageMeta]:
+    meta = PageMeta()
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    return [a for c in stream_service_account_page(pieces, size, meta) for a in c], meta
+
+
+@pytest.mark.parametrize("chunk", [1, 13, 14, 15, 1000, 1 << 20])
+def test_a_list_decoded_as_it_streams_in_gives_the_accounts_of_a_whole_decode(chunk: int) -> None:
+    items = [account(i) for i in range(60)]
+    items[7]["metadata"]["annotations"]["note"] = '},{"metadata":{"name":"fake"}}'
+    body = page(items, "next", "33") + b"\n"  # as the API server ends it
+    accounts, meta = streamed(body, chunk, size=7)
+    assert accounts == decode_service_account_page(body)[0]
+    assert (meta.continue_token, meta.resource_version) == ("next", "33")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        page([]),
+        orjson.dumps(
+            orjson.loads(page([account(i) for i in range(5)])), option=orjson.OPT_INDENT_2
+        ),
+        orjson.dumps({"items": [account(i) for i in range(5)], "metadata": {"continue": "t"}}),
+    ],
+    ids=["no items", "indented", "items first"],
+)
+def test_a_streamed_list_in_another_layout_is_read_whole_and_decoded_alike(body: bytes) -> None:
+    accounts, meta = streamed(body, 64)
+    assert accounts == decode_service_account_page(body)[0]
+    assert meta.continue_token == decode_service_account_page(body)[1]
+
+
+def test_a_streamed_list_that_turns_odd_halfway_raises_and_the_source_then_reads_lists_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    items = [account(i) for i in range(120)]
+    # The first slice cut (the 50th separator) lands inside item 49, on a lookalike.
+    items[49]["extra"] = [{"metadata": {"a": "b"}}, {"metadata": {"c": "d"}}]
+    body = page(items)
+    with pytest.raises(ListFormatError):
+        streamed(body, 4096)
+
+    monkeypatch.setattr(kube, "_give_up_gil", lambda: None)
+    store = IdentityStore(MutationSettings())
+    api = PagedAPI(0)
+    api.items = items
+    source = KubeSource(store, api, config_map_namespace=None, resync_seconds=0)  # type: ignore[arg-type]
+    with pytest.raises(ListFormatError):
+        source._list_service_accounts()
+    assert store.service_account_count == 0  # nothing half-listed was swapped in
+    source._list_service_accounts()  # the retry: whole pages
+    assert store.service_account_count == 120

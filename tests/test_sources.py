@@ -134,6 +134,9 @@ class _FakeAPI:
     def get_bytes(self, path: str, query: Any = None, timeout: float = 30.0) -> bytes:
         return orjson.dumps(self.get_json(path, query, timeout))
 
+    def get_chunks(self, path: str, query: Any = None, timeout: float = 30.0) -> Any:
+        return iter([self.get_bytes(path, query, timeout)])
+
 
 def _refilled(store: IdentityStore) -> None:
     thread = store.clear()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -129,7 +130,9 @@ def split_service_account_page(body: bytes, size: int) -> tuple[str, str, Iterat
     page at once holds the GIL for ~0.5-1 ms, a slice for a tenth of that. Whatever does not
     look as the API server writes it is decoded whole (decode_service_account_page)."""
     at = body.find(_ITEMS_KEY)
-    end = len(body.rstrip())
+    end = len(body)
+    while end and body[end - 1] in b" \t\r\n":  # rstrip() would copy a 100 MB list
+        end -= 1
     header = None
     if at > 0 and body[end - 2 : end] == b"]}":
         try:
@@ -142,6 +145,86 @@ def split_service_account_page(body: bytes, size: int) -> tuple[str, str, Iterat
     meta = header.metadata or _ListMeta()
     slices = _slices(body, at + len(_ITEMS_KEY), end - 2, size)
     return meta.continue_ or "", meta.resourceVersion, slices
+
+
+class ListFormatError(KubeSourceError):
+    """A list response that stopped looking as the API server writes it halfway through."""
+
+
+@dataclass
+class PageMeta:
+    continue_token: str = ""
+    resource_version: str = ""
+
+
+_HEADER_LIMIT = 1 << 20  # a list's kind, apiVersion and metadata come first, and are small
+_TRIM_BYTES = 1 << 18
+
+
+def _decode_slice(part: bytes) -> list[Account]:
+    try:
+        return _accounts(_ITEMS_DECODER.decode(b"[" + part + b"]"))
+    except msgspec.DecodeError as err:
+        raise ListFormatError(f"undecodable ServiceAccount list: {err}") from None
+
+
+def stream_service_account_page(
+    chunks: Iterable[bytes], size: int, meta: PageMeta
+) -> Iterator[list[Account]]:
+    """The accounts of a ServiceAccountList response in slices of `size`, decoded as its bytes
+    arrive: only the undecoded remainder is kept, never the whole body. That matters because
+    the API server ignores `limit` when it lists from its watch cache (resourceVersion=0, the
+    first list, as client-go's): 100,000 ServiceAccounts are one ~100 MB response. Sets `meta`
+    from the list's metadata, which comes before the items. A response that does not start as
+    the API server writes one is read whole and split (split_service_account_page); one that
+    stops looking like it after slices were given out raises ListFormatError."""
+    chunks = iter(chunks)
+    buf = b""
+    at = -1
+    for chunk in chunks:
+        buf += chunk
+        at = buf.find(_ITEMS_KEY)
+        if at >= 0 or len(buf) > _HEADER_LIMIT:
+            break
+    header = None
+    if at > 0:
+        try:
+            header = _PAGE_DECODER.decode(buf[:at] + b"}")
+        except msgspec.DecodeError:
+            header = None
+    if header is None or header.items is not None:
+        token, version, slices = split_service_account_page(buf + b"".join(chunks), size)
+        meta.continue_token, meta.resource_version = token, version
+        yield from slices
+        return
+    list_meta = header.metadata or _ListMeta()
+    meta.continue_token, meta.resource_version = (
+        list_meta.continue_ or "",
+        list_meta.resourceVersion,
+    )
+    pos = scan = at + len(_ITEMS_KEY)
+    found = 0
+    while True:
+        cut = buf.find(_ITEM_SEPARATOR, scan)
+        while cut >= 0:
+            found, scan = found + 1, cut + 1
+            if found == size:
+                yield _decode_slice(buf[pos : cut + 1])
+                pos, found = cut + 2, 0
+            cut = buf.find(_ITEM_SEPARATOR, scan)
+        more = next(chunks, None)
+        if more is None:
+            break
+        if pos > _TRIM_BYTES:
+            buf, scan, pos = buf[pos:], scan - pos, 0
+        # A separator may straddle the two chunks.
+        scan = max(scan, pos, len(buf) - len(_ITEM_SEPARATOR) + 1)
+        buf += more
+    tail = buf[pos:].rstrip()
+    if not tail.endswith(b"]}"):
+        raise ListFormatError("a ServiceAccount list ended without closing its items")
+    if len(tail) > 2:
+        yield _decode_slice(tail[:-2])
 
 
 def _slices(body: bytes, start: int, stop: int, size: int) -> Iterator[list[Account]]:
@@ -318,6 +401,20 @@ class KubeClient:
         finally:
             response.release_conn()
 
+    def get_chunks(
+        self, path: str, query: list[tuple[str, str]] | None = None, timeout: float = 30.0
+    ) -> Iterator[bytes]:
+        """The body of a GET as it arrives, in chunks of up to 256 KB."""
+        response = self.open("GET", path, query or [], timeout)
+        complete = False
+        try:
+            yield from response.stream(256 * 1024, decode_content=True)
+            complete = True
+        finally:
+            if not complete:
+                response.close()  # not back into the pool with half a body unread
+            response.release_conn()
+
     def watch(
         self, path: str, query: list[tuple[str, str]], stop: threading.Event
     ) -> Iterator[dict[str, Any]]:
@@ -365,6 +462,8 @@ class KubeSource:
         self._fetching: set[str] = set()
         self._fetch_lock = threading.Lock()
         self.relists = 0
+        # Lists are decoded as they stream in, unless one looked odd (then whole, from then on).
+        self._stream_lists = True
         store.add_refill("the Kubernetes API", self.refill)
         # Retries after an error, per resource (pod_identity_webhook_kube_reconnects_total).
         self.reconnects = {"serviceaccounts": 0}
@@ -474,18 +573,31 @@ class KubeSource:
                 query = [("limit", str(PAGE_SIZE)), ("resourceVersion", "0")]
                 if continue_token:
                     query = [("limit", str(PAGE_SIZE)), ("continue", continue_token)]
-                body = self.client.get_bytes("/api/v1/serviceaccounts", query)
-                continue_token, page_version, slices = split_service_account_page(body, YIELD_EVERY)
-                version = page_version or version
+                if self._stream_lists:
+                    meta = PageMeta()
+                    chunks = self.client.get_chunks("/api/v1/serviceaccounts", query)
+                    slices = stream_service_account_page(chunks, YIELD_EVERY, meta)
+                else:
+                    body = self.client.get_bytes("/api/v1/serviceaccounts", query)
+                    token, page_version, slices = split_service_account_page(body, YIELD_EVERY)
+                    meta = PageMeta(token, page_version)
+                    del body
                 _give_up_gil()
                 for chunk in slices:
                     yield from chunk
                     _give_up_gil()
-                del body, slices
+                version = meta.resource_version or version
+                continue_token = meta.continue_token
                 if not continue_token:
                     return
 
-        self.store.replace_service_accounts(accounts())
+        try:
+            self.store.replace_service_accounts(accounts())
+        except ListFormatError:
+            if self._stream_lists:
+                log.warning("a ServiceAccount list looked odd halfway; reading lists whole")
+                self._stream_lists = False
+            raise
         self.relists += 1
         self._sa_synced.set()
         if log.isEnabledFor(logging.INFO):  # counting identities walks the whole cache
