@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -30,6 +31,7 @@ from uvicorn.server import ServerState
 
 from webhook.server import looplag
 from webhook.server.accept import Acceptor
+from webhook.server.app import MutateEndpoint
 from webhook.server.protocol import ConnectionPolicy, WebhookProtocol
 
 log = logging.getLogger("webhook.server")
@@ -38,6 +40,17 @@ log = logging.getLogger("webhook.server")
 # (and a TLS handshake) racing a review.
 KEEP_ALIVE_SECONDS = 120.0
 _DRAIN_CHECK_SECONDS = 0.05
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (modules, apps, settings: all of it lives as long as
+    the process) out of the cycle collector's sight. A full collection then walks only what
+    came after, ~1 ms, instead of 30-55 ms during which the event loop, whichever thread
+    triggered it, answers nothing (measured with bench/churn.py). Refcounting still frees
+    frozen objects; only cyclic garbage among them would never be collected, and none is made
+    at start."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,8 @@ class _Served:
 
     def __post_init__(self) -> None:
         self.policy = ConnectionPolicy(self.timeouts.read_header)
+        if isinstance(self.listener.app, MutateEndpoint):  # not when wrapped (--record-dir)
+            self.policy.direct = self.listener.app.handler
         config = uvicorn.Config(
             self.listener.app,
             http="httptools",
@@ -247,6 +262,7 @@ class ServerGroup:
 
 def run(group: ServerGroup) -> None:
     """Run on uvloop when installed (a runtime dependency, locked; not on every platform)."""
+    freeze_startup_objects()
     try:
         import uvloop
     except ImportError:  # pragma: no cover
