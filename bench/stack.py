@@ -1,5 +1,8 @@
 """Where a review's server CPU goes: the same load against progressively fuller servers.
 
+    raw-fixed / http    an asyncio protocol on uvloop + httptools answering a fixed body: the
+                        event loop, sockets and HTTP parsing, without uvicorn's request cycle
+    raw-fixed / https   the same over TLS (uvloop's SSL transport)
     asgi-fixed / http   uvicorn (uvloop + httptools) + a bare ASGI app with a fixed answer
     asgi-fixed / https  the same over TLS
     asgi-review / https a bare ASGI app calling webhook.review.review()
@@ -77,6 +80,53 @@ def serve_asgi(variant: str, port: int, cert: str, key: str) -> None:
     )
 
 
+def serve_raw(port: int, cert: str, key: str) -> None:
+    """Child-process entry point: no ASGI, no request objects, one write per answer. What a
+    server costs below uvicorn's per-request machinery (task, scope, receive/send, events)."""
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    fixed = b'{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}'  # noqa: E501
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (
+            len(fixed),
+            fixed,
+        )
+    )
+
+    class Raw(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport  # uvloop's, not an asyncio.Transport subclass
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            b"".join(self.body)
+            self.body = []
+            self.transport.write(answer)
+
+    async def main() -> None:
+        context = None
+        if cert:
+            import ssl as ssl_module
+
+            context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+        server = await asyncio.get_running_loop().create_server(Raw, "127.0.0.1", port, ssl=context)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,7 +182,10 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["--serve"]:
-        serve_asgi(arguments[1], int(arguments[2]), arguments[3], arguments[4])
+        if arguments[1] == "raw-fixed":
+            serve_raw(int(arguments[2]), arguments[3], arguments[4])
+        else:
+            serve_asgi(arguments[1], int(arguments[2]), arguments[3], arguments[4])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="offered req/s")
@@ -152,7 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         objects.write_bytes(mix.objects_document())
         cert, key = str(paths.tls_cert), str(paths.tls_key)
         rows = []
-        for variant, tls in (("asgi-fixed", False), ("asgi-fixed", True), ("asgi-review", True)):
+        variants = (
+            ("raw-fixed", False),
+            ("raw-fixed", True),
+            ("asgi-fixed", False),
+            ("asgi-fixed", True),
+            ("asgi-review", True),
+        )
+        for variant, tls in variants:
             port = _free_port()
             child = [sys.executable, __file__, "--serve", variant, str(port)]
             child += [cert, key] if tls else ["", ""]

@@ -144,6 +144,9 @@ def test_v4_logs_one_line_per_review_and_never_a_token(logged: Logged) -> None:
 
 
 class _BrokenLookup(GraceLookup):
+    def lookup_now(self, namespace: str, service_account: str) -> Lookup | None:
+        raise RuntimeError("simulated bug")
+
     async def lookup(self, namespace: str, service_account: str) -> Lookup:
         raise RuntimeError("simulated bug")
 

@@ -102,6 +102,9 @@ def test_a_mismatched_pair_is_refused_and_the_listener_keeps_its_certificate(
 
 
 class _BrokenLookup(GraceLookup):
+    def lookup_now(self, namespace: str, service_account: str) -> Lookup | None:
+        raise RuntimeError("simulated bug")
+
     async def lookup(self, namespace: str, service_account: str) -> Lookup:
         raise RuntimeError("simulated bug")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
@@ -93,6 +94,80 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> No
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer to /mutate: what to send, and the review's outcome when there was one."""
+
+    status: int
+    body: bytes
+    content_type: bytes = _JSON_TYPE
+
+
+class MutateHandler:
+    """What /mutate does, shared by the ASGI endpoint and the protocol's direct path
+    (protocol.py), so that both answer, log and count every request alike. Steps return a
+    Reply; only a lookup that must wait for a ServiceAccount (the grace period) returns an
+    awaitable instead."""
+
+    def __init__(self, ctx: WebhookContext) -> None:
+        self.ctx = ctx
+        self.max_request_bytes = ctx.max_request_bytes
+
+    def refuse(self, content_type: bytes | None, declared_length: bytes | None) -> Reply | None:
+        """A 415 or 413 decided from the head alone, before any of the body is read."""
+        if not _is_json(content_type):
+            log.error(
+                "Content-Type=%s, expected application/json",
+                (content_type or b"").decode("latin-1"),
+            )
+            return Reply(415, b"Invalid Content-Type, expected `application/json`\n", _TEXT)
+        too_long = declared_length is not None and declared_length.isdigit()
+        if too_long and int(declared_length or b"0") > self.max_request_bytes:
+            return self.too_large()
+        return None
+
+    def too_large(self) -> Reply:
+        limit = self.max_request_bytes
+        message = f"request body over {limit} bytes (--max-request-bytes)\n"
+        log.error("Request body too large: answered 413, %s", message.strip())
+        return Reply(413, message.encode(), _TEXT)
+
+    def review(self, body: bytes) -> Reply | Coroutine[Any, Any, Reply]:
+        try:
+            pending = parse_review(body)
+            if not isinstance(pending, PendingReview):
+                return self._reviewed(pending)
+            found = self.ctx.lookup.lookup_now(pending.namespace, pending.service_account)
+            if found is None:
+                return self._review_later(body, pending)
+            return self._reviewed(finish_review(pending, found, self.ctx.settings))
+        except Exception as err:  # a bug must never take the server down
+            return self._failed(body, err)
+
+    async def _review_later(self, body: bytes, pending: PendingReview) -> Reply:
+        try:
+            found = await self.ctx.lookup.lookup(pending.namespace, pending.service_account)
+            return self._reviewed(finish_review(pending, found, self.ctx.settings))
+        except Exception as err:
+            return self._failed(body, err)
+
+    def _reviewed(self, outcome: Outcome) -> Reply:
+        if outcome.method is not None:
+            self.ctx.metrics.pod_identity_applied(outcome.method)
+        elif outcome.missing_service_account:
+            self.ctx.metrics.service_account_missing()
+        return Reply(200, outcome.body)
+
+    def _failed(self, body: bytes, err: Exception) -> Reply:
+        # A 500 lets the API server apply the configured failurePolicy; an answer built
+        # without the request's uid and version would be rejected anyway.
+        log_internal_error(body, err)
+        return Reply(500, f"internal error while reviewing: {err}\n".encode(), _TEXT)
+
+    def observe(self, method: str, status: int, started: float) -> None:
+        self.ctx.metrics.observe_request(method, "/mutate", status, time.perf_counter() - started)
+
+
 async def run_review(ctx: WebhookContext, body: bytes) -> Outcome:
     pending = parse_review(body)
     if not isinstance(pending, PendingReview):
@@ -107,57 +182,38 @@ class MutateEndpoint:
     Every pod creation in the cluster goes through here; FastAPI's routing and request
     objects cost about a third of our CPU per review (bench/stack.py), so the hot path
     skips them. Every other path is FastAPI's. Like upstream, any method reaches the
-    handler and the Content-Type decides.
+    handler and the Content-Type decides. The server's own connections answer /mutate
+    without ASGI at all (protocol.py) with the same MutateHandler; this endpoint serves it
+    wherever the app is wrapped (--record-dir) or mounted elsewhere.
     """
 
     def __init__(self, ctx: WebhookContext, app: ASGIApp) -> None:
         self.ctx = ctx
         self.app = app
+        self.handler = MutateHandler(ctx)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/mutate":
             await self.app(scope, receive, send)
             return
-        ctx = self.ctx
+        handler = self.handler
         started = time.perf_counter()
         status = 200
         try:
-            content_type = _header(scope, b"content-type")
-            if not _is_json(content_type):
-                status = 415
-                log.error(
-                    "Content-Type=%s, expected application/json",
-                    (content_type or b"").decode("latin-1"),
-                )
-                await _send(
-                    send, 415, b"Invalid Content-Type, expected `application/json`\n", _TEXT
-                )
-                return
-            body = await _read_limited(scope, receive, ctx.max_request_bytes)
-            if body is None:
-                status = 413
-                message = f"request body over {ctx.max_request_bytes} bytes (--max-request-bytes)\n"
-                log.error("Request body too large: answered 413, %s", message.strip())
-                await _send(send, 413, message.encode(), _TEXT)
-                return
-            try:
-                outcome = await run_review(ctx, body)
-            except Exception as err:  # a bug must never take the server down
-                # A 500 lets the API server apply the configured failurePolicy; an answer
-                # built without the request's uid and version would be rejected anyway.
-                log_internal_error(body, err)
-                status = 500
-                await _send(send, 500, f"internal error while reviewing: {err}\n".encode(), _TEXT)
-                return
-            if outcome.method is not None:
-                ctx.metrics.pod_identity_applied(outcome.method)
-            elif outcome.missing_service_account:
-                ctx.metrics.service_account_missing()
-            await _send(send, 200, outcome.body, _JSON_TYPE)
-        finally:
-            ctx.metrics.observe_request(
-                scope["method"], "/mutate", status, time.perf_counter() - started
+            reply = handler.refuse(
+                _header(scope, b"content-type"), _header(scope, b"content-length")
             )
+            if reply is None:
+                body = await _read_limited(scope, receive, handler.max_request_bytes)
+                if body is None:
+                    reply = handler.too_large()
+                else:
+                    answer = handler.review(body)
+                    reply = answer if isinstance(answer, Reply) else await answer
+            status = reply.status
+            await _send(send, reply.status, reply.body, reply.content_type)
+        finally:
+            handler.observe(scope["method"], status, started)
 
 
 def create_webhook_app(ctx: WebhookContext) -> ASGIApp:

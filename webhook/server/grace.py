@@ -31,6 +31,13 @@ class GraceLookup:
             or lookup.container_credentials
         )
 
+    def lookup_now(self, namespace: str, service_account: str) -> Lookup | None:
+        """The lookup when it needs no waiting (nearly always); None when `lookup` must wait."""
+        found = self.store.lookup(namespace, service_account)
+        if not self.enabled or self._known(found):
+            return found
+        return None
+
     async def lookup(self, namespace: str, service_account: str) -> Lookup:
         found = self.store.lookup(namespace, service_account)
         if not self.enabled or self._known(found):

@@ -9,6 +9,12 @@
   the request is answered over HTTP/1.1 with its body. llhttp stops at an upgrade and skips
   the body, so the head is replayed without the upgrade into a fresh parser.
 - `unsent_bytes()` tells whether a finished response is still on its way to the client.
+- `/mutate` is answered here, without ASGI, when the listener's policy carries a handler:
+  uvicorn's request cycle still tracks the request (keep-alive, pipelining, draining and
+  shutdown see it as usual) but no task, scope events or send/receive coroutines run for it.
+  At 1,000 reviews/s that machinery cost as much CPU as TLS and the review together
+  (bench/stack.py). A review that must wait for a ServiceAccount (the grace period) finishes
+  in a task.
 """
 
 from __future__ import annotations
@@ -18,13 +24,21 @@ import fcntl
 import logging
 import struct
 import termios
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
+
+from webhook.server.app import MutateHandler, Reply
 
 log = logging.getLogger("webhook.server")
 
@@ -35,6 +49,7 @@ class ConnectionPolicy:
 
     read_header_timeout: float
     draining: bool = False
+    direct: MutateHandler | None = None  # answer /mutate in the protocol (see above)
 
 
 class _Completed:
@@ -86,6 +101,8 @@ class WebhookProtocol(HttpToolsProtocol):
         self._fd = -1
         self._replaying = False
         self._held_cycle: Any = None
+        self._direct: RequestResponseCycle | None = None  # the /mutate request being read
+        self._direct_started = 0.0
 
     # -- connection -------------------------------------------------------------------------
 
@@ -169,3 +186,98 @@ class WebhookProtocol(HttpToolsProtocol):
         """Past --read-header-timeout (0 or less: no limit, as in Go)."""
         limit = self.policy.read_header_timeout
         return limit > 0 and self.head_since is not None and now - self.head_since > limit
+
+    # -- /mutate without ASGI -----------------------------------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        handler = self.policy.direct
+        if handler is None or cycle.scope["path"] != "/mutate":
+            super()._start_asgi_task(cycle, app)
+            return
+        self._direct = cycle
+        self._direct_started = time.perf_counter()
+        headers = cycle.scope["headers"]
+        content_type = declared = None
+        for name, value in headers:
+            if name == b"content-type" and content_type is None:
+                content_type = value
+            elif name == b"content-length" and declared is None:
+                declared = value
+        refused = handler.refuse(content_type, declared)
+        if refused is not None:
+            self._reply(cycle, refused)
+            return
+        if cycle.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        if not cycle.more_body:  # a pipelined request, read while another was answered
+            self._answer(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._direct
+        if cycle is None or cycle is not self.cycle:
+            super().on_body(body)
+            return
+        if cycle.response_complete:  # refused already; the parser skips the rest
+            return
+        cycle.body += body  # no read pause at uvicorn's high-water mark: nobody would resume
+        handler = self.policy.direct
+        if handler is not None and len(cycle.body) > handler.max_request_bytes:
+            self._reply(cycle, handler.too_large())
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self._direct
+        if cycle is not None and cycle is self.cycle and not cycle.response_complete:
+            self._answer(cycle)
+
+    def _answer(self, cycle: RequestResponseCycle) -> None:
+        handler = self.policy.direct
+        assert handler is not None
+        body = bytes(cycle.body)
+        cycle.body = bytearray()
+        reply = handler.review(body)
+        if isinstance(reply, Reply):
+            self._reply(cycle, reply)
+            return
+        task = self.loop.create_task(self._reply_later(cycle, reply))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _reply_later(
+        self, cycle: RequestResponseCycle, reply: Coroutine[Any, Any, Reply]
+    ) -> None:
+        self._reply(cycle, await reply)
+
+    def _reply(self, cycle: RequestResponseCycle, reply: Reply) -> None:
+        """Write the whole answer at once and finish the cycle as uvicorn's send() would."""
+        handler = self.policy.direct
+        if self._direct is cycle:
+            self._direct = None
+        if handler is not None:
+            handler.observe(cycle.scope["method"], reply.status, self._direct_started)
+        if cycle.disconnected or cycle.response_complete:
+            return
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        head = [STATUS_LINE[reply.status]]
+        for name, value in cycle.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: ",
+            reply.content_type,
+            b"\r\ncontent-length: ",
+            str(len(reply.body)).encode(),
+            b"\r\n",
+        ]
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        if cycle.scope["method"] != "HEAD":
+            head.append(reply.body)
+        self.transport.write(b"".join(head))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()

@@ -31,6 +31,7 @@ from uvicorn.server import ServerState
 
 from webhook.server import looplag
 from webhook.server.accept import Acceptor
+from webhook.server.app import MutateEndpoint
 from webhook.server.protocol import ConnectionPolicy, WebhookProtocol
 
 log = logging.getLogger("webhook.server")
@@ -87,6 +88,8 @@ class _Served:
 
     def __post_init__(self) -> None:
         self.policy = ConnectionPolicy(self.timeouts.read_header)
+        if isinstance(self.listener.app, MutateEndpoint):  # not when wrapped (--record-dir)
+            self.policy.direct = self.listener.app.handler
         config = uvicorn.Config(
             self.listener.app,
             http="httptools",
