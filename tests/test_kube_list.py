@@ -4,6 +4,9 @@ between slices of a page, and the same entries as a full decode would give."""
 from __future__ import annotations
 
 import base64
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -236,3 +239,20 @@ def test_a_streamed_list_that_turns_odd_halfway_raises_and_the_source_then_reads
     assert store.service_account_count == 0  # nothing half-listed was swapped in
     source._list_service_accounts()  # the retry: whole pages
     assert store.service_account_count == 120
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_list_and_watch_threads_run_nicer_than_the_event_loop_thread() -> None:
+    seen: list[int] = []
+
+    def thread() -> None:
+        kube._lower_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    kube._lower_priority()  # on the main thread: no effect
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+    assert seen == [min(19, main_before + kube.THREAD_NICENESS)]
