@@ -79,3 +79,29 @@ def test_reads_racing_writes_end_on_the_last_write() -> None:
     for reader in readers:
         reader.join()
     assert _role(store) == last
+
+
+def test_an_update_to_one_service_account_keeps_every_other_lookup() -> None:
+    """Churn on a few ServiceAccounts (50 updates/s is common) must not make every review
+    rebuild its lookup."""
+    store = IdentityStore(MutationSettings())
+    store.put_service_account("ns", "busy", {ROLE: ARN_A})
+    store.put_service_account("ns", "calm", {ROLE: ARN_A})
+    calm = store.lookup("ns", "calm")
+    store.lookup("ns", "busy")
+    store.put_service_account("ns", "busy", {ROLE: ARN_B})
+    assert store.lookup("ns", "calm") is calm
+    assert _role(store, name="busy") == ARN_B
+
+
+def test_a_service_account_that_goes_plain_and_back_is_seen_each_time() -> None:
+    store = IdentityStore(MutationSettings())
+    store.put_service_account("ns", "sa", None)
+    assert _role(store) == ""
+    store.put_service_account("ns", "sa", {ROLE: ARN_A})
+    store.put_service_account("ns", "sa", None)
+    assert _role(store) == ""
+    store.delete_service_account("ns", "sa")
+    assert _role(store) is None
+    store.put_service_account("ns", "sa", None)
+    assert _role(store) == ""

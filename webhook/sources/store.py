@@ -50,24 +50,28 @@ class IdentityStore:
         self._refills: list[tuple[str, Refill]] = []
         self._refill_lock = threading.Lock()
         self._used = False
-        # The hot path hands out the same Lookup object (and its resolved identity) until a
-        # source changes. Each entry carries the generation it was built in; every write bumps
-        # the generation after changing the data, so an entry built from older data is never
-        # served again, however a read and a write interleave.
+        # The hot path hands out the same Lookup object (and its resolved identity) until what
+        # it was built from changes. Each kept Lookup carries the generation it was built in
+        # (bumped after every whole-cache change: a relist, the ConfigMap, container
+        # credentials, a clear) and the ServiceAccount entry object it saw (a write to that
+        # ServiceAccount replaces the object). Both are read before the data, so a Lookup
+        # built from older data is never served again, however a read and a write interleave,
+        # and a ServiceAccount update invalidates only its own Lookup.
         self._generation = 0
-        self._lookups: dict[str, tuple[int, Lookup]] = {}
+        self._lookups: dict[str, tuple[int, IdentityEntry | None, Lookup]] = {}
 
     # -- reads (hot path) -------------------------------------------------------------------
 
     def lookup(self, namespace: str, service_account: str) -> Lookup:
         key = f"{namespace}/{service_account}"
         generation = self._generation  # read before the data (see __init__)
+        entry = self._service_accounts.get(key)
         cached = self._lookups.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
+        if cached is not None and cached[0] == generation and cached[1] is entry:
+            return cached[2]
         config_map = self._config_map
         lookup = Lookup(
-            service_account=self._service_accounts.get(key),
+            service_account=entry,
             config_map=config_map.lookup(namespace, service_account) if config_map else None,
             config_map_exact=(
                 config_map.lookup_exact(namespace, service_account) if config_map else None
@@ -77,11 +81,11 @@ class IdentityStore:
         lookups = self._lookups
         if len(lookups) >= LOOKUP_CACHE_SIZE:
             lookups.clear()
-        lookups[key] = (generation, lookup)
+        lookups[key] = (generation, entry, lookup)
         return lookup
 
     def _changed(self) -> None:
-        """After every write to the data lookups read (callers hold _write_lock)."""
+        """After every whole-cache change to what lookups read (callers hold _write_lock)."""
         self._generation += 1
 
     @property
@@ -130,10 +134,9 @@ class IdentityStore:
         key = sa_key(namespace, name)
         entry = self.entry_for(annotations)
         with self._write_lock:
-            self._service_accounts[key] = entry
+            self._service_accounts[key] = entry  # a new object: its kept Lookup is stale
             if self._replacing is not None:
                 self._replacing[key] = entry
-            self._changed()
         self._notify(key)
 
     def delete_service_account(self, namespace: str, name: str) -> None:
@@ -142,7 +145,6 @@ class IdentityStore:
             self._service_accounts.pop(key, None)
             if self._replacing is not None:
                 self._replacing[key] = None
-            self._changed()
 
     def replace_service_accounts(
         self, accounts: Iterable[tuple[str, str, Mapping[str, str] | None]]
