@@ -250,3 +250,12 @@ def test_planning_for_one_identity_under_other_settings_uses_those_settings() ->
     regional = MutationSettings(aws_default_region="eu-west-1")
     env = [op["value"] for op in plan(pod(), identity, regional).operations if "env" in op["path"]]
     assert {"name": "AWS_REGION", "value": "eu-west-1"} in env[0]
+
+
+def test_volume_devices_that_are_not_a_list_of_objects_are_denied_naming_the_field() -> None:
+    # Found by the property above: `volumeDevices: true` made planning raise (an HTTP 500).
+    body = orjson.dumps(admission_review(pod(container(volumeDevices=True))))
+    store = store_with(app={ROLE_ANNOTATION: ROLE})
+    answer = orjson.loads(review(body, store, store.settings).body)["response"]
+    assert answer["allowed"] is False
+    assert "spec.containers[0].volumeDevices must be a list" in answer["status"]["message"]

@@ -75,7 +75,7 @@ def pod_shape_error(pod: Any) -> str | None:
         if error:
             return error
         for index, container in enumerate(containers or ()):
-            for field in ("env", "volumeMounts"):
+            for field in ("env", "volumeMounts", "volumeDevices"):
                 error = _object_list(container.get(field), f"spec.{list_name}[{index}].{field}")
                 if error:
                     return error

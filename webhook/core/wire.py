@@ -68,7 +68,7 @@ class VolumeMountIn(TypedDict, total=False):
 
 
 class VolumeDeviceIn(TypedDict, total=False):
-    name: Any
+    name: str | None
     devicePath: Any
 
 
@@ -76,7 +76,7 @@ class ContainerIn(TypedDict, total=False):
     name: str | None
     env: list[NamedIn] | None
     volumeMounts: list[VolumeMountIn] | None
-    volumeDevices: Any
+    volumeDevices: list[VolumeDeviceIn] | None
 
 
 class PodOSIn(TypedDict, total=False):
