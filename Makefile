@@ -150,9 +150,10 @@ image:
 release: $(STAMP)
 	bash scripts/release.sh $(RELEASE_ARGS)
 
-## bench: latency and throughput against the upstream Go webhook, same run, same machine
+## bench: open-loop latency and CPU against the upstream Go webhook (same run), then latency while the cluster changes
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/churn.py
 
 clean:
 	rm -rf $(VENV) certs/out dist .mypy_cache .ruff_cache .pytest_cache
