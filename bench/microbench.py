@@ -48,7 +48,10 @@ def run(
     wall: dict[str, list[float]] = {kind: [] for kind in mix.KINDS}
     cpu: dict[str, list[float]] = {kind: [] for kind in mix.KINDS}
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    gc.collect()  # start clean; the collector stays on, as in the server
+    # As the server does before serving (webhook/server/runner.py): collect, then freeze what
+    # exists, so that collections walk only what reviews allocate. The collector stays on.
+    gc.collect()
+    gc.freeze()
     started = clock()
     for i in range(calls):
         r = reviews[i % len(reviews)]
@@ -60,6 +63,7 @@ def run(
         wall[r.kind].append((t1 - t0) / 1000)
         cpu[r.kind].append((c1 - c0) / 1000)
     elapsed = (clock() - started) / 1e9
+    gc.unfreeze()
 
     def stats(values: list[float]) -> dict[str, float]:
         values = sorted(values)
