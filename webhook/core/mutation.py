@@ -41,6 +41,7 @@ _CONTAINER_CREDENTIALS_PAIR = frozenset(
     {CONTAINER_CREDENTIALS_FULL_URI, CONTAINER_AUTHORIZATION_TOKEN_FILE}
 )
 _OS_SELECTORS = ("kubernetes.io/os", "beta.kubernetes.io/os")
+_NO_SKIP: frozenset[str] = frozenset()
 
 Jitter = Callable[[], int]
 
@@ -93,7 +94,8 @@ def token_expiration_for(
     Returns the seconds and, when the pod's annotation asked for more than the API server
     accepts, the warning saying so.
     """
-    requested = parse_expiration(annotations.get(settings.token_expiration_key))
+    raw = annotations.get(settings.token_expiration_key) if annotations else None
+    requested = None if raw is None else parse_expiration(raw)
     expiration = identity.token_expiration if requested is None else clamp_expiration(requested)
     if identity.mode is Mode.CONTAINER_CREDENTIALS and expiration == DEFAULT_TOKEN_EXPIRATION:
         expiration = jitter()
@@ -163,9 +165,10 @@ class _Injection:
     token_file_env: str  # the variable naming the token file
     volume_name: str
     mount_path: str
-    # By what the container already has. None: it has all three, and upstream leaves it alone
-    # (no mount either); an _EnvOps with empty texts: nothing to add but the mount.
-    env_ops: Mapping[_Have, _EnvOps | None]
+    # By what the container already has, indexed 4*credentials + 2*region + regional STS.
+    # None: it has all three, and upstream leaves it alone (no mount either); an _EnvOps with
+    # empty templates: nothing to add but the mount.
+    env_ops: tuple[_EnvOps | None, ...]
     mount_whole: Template  # the container has no volumeMounts list
     mount_appended: Template
 
@@ -216,10 +219,10 @@ def _injection(
         token_file_env=token_file_env,
         volume_name=volume_name,
         mount_path=mount_path,
-        env_ops={
-            have: _env_ops(_env_additions(have, region, use_regional_sts, credentials))
+        env_ops=tuple(  # product() yields the flags in index order: (F,F,F), (F,F,T), ...
+            _env_ops(_env_additions(have, region, use_regional_sts, credentials))
             for have in itertools.product(flags, flags, flags)
-        },
+        ),
         mount_whole=_template("/volumeMounts", [[mount]]),
         mount_appended=_template("/volumeMounts/-", [mount]),
     )
@@ -287,11 +290,9 @@ def _plan_containers(
         names = {var.get("name") for var in env} if env else set()
         has_credentials = not credential_names.isdisjoint(names)
         chosen = env_ops[
-            (
-                has_credentials,
-                DEFAULT_REGION in names or REGION in names,
-                STS_REGIONAL_ENDPOINTS in names,
-            )
+            4 * has_credentials
+            + 2 * (DEFAULT_REGION in names or REGION in names)
+            + (STS_REGIONAL_ENDPOINTS in names)
         ]
         if chosen is None:
             continue
@@ -338,6 +339,10 @@ def role_arn_warning(identity: Identity, namespace: str, service_account: str) -
 
 def identity_warnings(identity: Identity, namespace: str, service_account: str) -> list[str]:
     """Admission warnings about the identity's configuration (role ARN, audience, expiration)."""
+    if not identity.warnings and (
+        identity.mode is not Mode.WEB_IDENTITY or is_valid_role_arn(identity.role_arn)
+    ):
+        return []  # the common case, on every review
     warnings = [
         f"pod-identity-webhook: ServiceAccount {namespace}/{service_account}: {note}"
         for note in identity.warnings
@@ -438,7 +443,11 @@ def plan_mutation(
         )
 
     injection = recipe.injection
-    skip = containers_to_skip(annotations, settings) if annotations else frozenset()
+    skip = (
+        containers_to_skip(annotations, settings)
+        if annotations and settings.skip_containers_key in annotations
+        else _NO_SKIP
+    )
     init_containers = spec.get("initContainers")
     if init_containers:
         _plan_containers(ops, warnings, init_containers, "initContainers", skip, injection)
