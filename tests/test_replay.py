@@ -367,8 +367,9 @@ def test_replay_uses_the_servers_pipeline() -> None:
 
     # Both entry points call the same parse and finish functions of webhook.review.
     assert "review(case.body, store, store.settings)" in inspect.getsource(replay.run)
-    assert "parse_review(body)" in inspect.getsource(app.run_review)
-    assert "finish_review(" in inspect.getsource(app.run_review)
+    assert "parse_review(body)" in inspect.getsource(app.MutateHandler.review)
+    assert "finish_review(" in inspect.getsource(app.MutateHandler.review)
+    assert "finish_review(" in inspect.getsource(app.MutateHandler._review_later)
 
 
 def test_patch_in_response_is_base64_json(

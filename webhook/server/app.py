@@ -168,14 +168,6 @@ class MutateHandler:
         self.ctx.metrics.observe_request(method, "/mutate", status, time.perf_counter() - started)
 
 
-async def run_review(ctx: WebhookContext, body: bytes) -> Outcome:
-    pending = parse_review(body)
-    if not isinstance(pending, PendingReview):
-        return pending
-    lookup = await ctx.lookup.lookup(pending.namespace, pending.service_account)
-    return finish_review(pending, lookup, ctx.settings)
-
-
 class MutateEndpoint:
     """`/mutate` as a bare ASGI handler in front of the FastAPI app.
 
