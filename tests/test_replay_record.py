@@ -19,7 +19,6 @@ from webhook.server.record import (
     KEY_FILE,
     LAST_APPLIED,
     Recorder,
-    RecordingEndpoint,
     RecordSettings,
 )
 
@@ -139,46 +138,45 @@ def test_sampling_keeps_the_given_fraction(
     assert recorder.sampled() is kept
 
 
-def run_asgi(app: Any, path: str, body: bytes) -> int:
-    async def inner() -> int:
-        sent: list[dict[str, Any]] = []
-        chunks = [body[:10], body[10:]]
+def test_the_mutate_handler_records_reviews_answered_200_only(tmp_path: Path) -> None:
+    """--record-dir is a hook on the one /mutate handler of the one app `serve` runs."""
+    import httpx
 
-        async def receive() -> dict[str, Any]:
-            chunk = chunks.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
-        return int(sent[0]["status"])
-
-    return asyncio.run(inner())
-
-
-def test_the_endpoint_records_answered_mutate_requests_only(tmp_path: Path) -> None:
-    async def webhook(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        status = 200 if scope["path"] == "/mutate" and body.startswith(b"{") else 400
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"answer": ' + body + b"}"})
+    from webhook.core.settings import MutationSettings
+    from webhook.server.app import WebhookContext, create_webhook_app
+    from webhook.server.grace import GraceLookup
+    from webhook.server.metrics import Metrics
+    from webhook.sources.store import IdentityStore
 
     recorder = Recorder(RecordSettings(tmp_path, redact=False), CollectorRegistry())
     recorder.start()
-    app = RecordingEndpoint(webhook, recorder)
-    assert run_asgi(app, "/mutate", b'{"request": {"uid": "1"}}') == 200
-    assert run_asgi(app, "/mutate", b"not json at all") == 400
-    assert run_asgi(app, "/healthz", b'{"x": 1}') == 400
+    store = IdentityStore(MutationSettings())
+    ctx = WebhookContext(
+        MutationSettings(),
+        store,
+        GraceLookup(store, 0, None),
+        Metrics(),
+        lambda: True,
+        record=recorder.record,
+    )
+    review = orjson.dumps(admission_review(pod(), uid="recorded"))
+
+    async def exchange() -> list[int]:
+        transport = httpx.ASGITransport(app=create_webhook_app(ctx))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            json = {"Content-Type": "application/json"}
+            return [
+                (await client.post("/mutate", content=review, headers=json)).status_code,
+                (await client.post("/mutate", content=b"[]", headers={})).status_code,  # 415
+                (await client.post("/healthz", content=review, headers=json)).status_code,
+            ]
+
+    statuses = asyncio.run(exchange())
     recorder.close()
+    assert statuses == [200, 415, 405]
     [line] = lines(tmp_path)
-    assert line["request"] == {"request": {"uid": "1"}}
-    assert line["response"] == {"answer": {"request": {"uid": "1"}}}
+    assert line["request"]["request"]["uid"] == "recorded"
+    assert line["response"]["response"]["uid"] == "recorded"
 
 
 # -- rotation ------------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def test_reuse_port_lets_two_servers_share_a_port_and_one_drain_while_the_other_
 
 
 def test_the_kernel_queues_tell_an_answer_arrived_and_a_request_is_coming() -> None:
-    from webhook.server.protocol import kernel_unread, kernel_unsent
+    from webhook.server.connection import kernel_unread, kernel_unsent
 
     with socket.create_server((HOST, 0)) as listener:
         client = socket.create_connection(listener.getsockname())

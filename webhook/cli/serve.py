@@ -21,7 +21,7 @@ from webhook.server.app import (
 from webhook.server.grace import GraceLookup
 from webhook.server.listen import Endpoint, ListenError, bind, bound_address
 from webhook.server.metrics import Metrics
-from webhook.server.record import DEFAULT_MAX_BYTES, Recorder, RecordingEndpoint, RecordSettings
+from webhook.server.record import DEFAULT_MAX_BYTES, Recorder, RecordSettings
 from webhook.server.runner import Draining, Listener, ServerGroup, Timeouts
 from webhook.server.runner import run as run_servers
 from webhook.server.tls import CertificateReloader, TLSConfigError, server_context
@@ -370,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
         counts = reconnects
         metrics.track_reconnects(lambda: dict(counts))
     draining = Draining()
+    recorder = _recorder(args, record_settings, metrics)
     ctx = WebhookContext(
         settings=settings,
         store=store,
@@ -379,14 +380,11 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         debug_handlers=args.enable_debugging_handlers,
         shutting_down=lambda: draining.active,
+        record=recorder.record if recorder is not None else None,
     )
-    recorder = _recorder(args, record_settings, metrics)
-    webhook_app = create_webhook_app(ctx)
-    if recorder is not None:
-        webhook_app = RecordingEndpoint(webhook_app, recorder)
     group = ServerGroup(
         listeners=[
-            Listener(webhook_app, https_sockets, tls_context),
+            Listener(create_webhook_app(ctx), https_sockets, tls_context),
             Listener(create_metrics_app(ctx), metrics_sockets),
         ],
         background=jobs,

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webhook.core.settings import MutationSettings
 from webhook.review import (
@@ -45,6 +46,8 @@ class WebhookContext:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     debug_handlers: bool = False
     shutting_down: Callable[[], bool] = lambda: False
+    # --record-dir: (request body, answer) of each review answered 200 (record.py)
+    record: Callable[[bytes, bytes], None] | None = None
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -104,10 +107,8 @@ class Reply:
 
 
 class MutateHandler:
-    """What /mutate does, shared by the ASGI endpoint and the protocol's direct path
-    (protocol.py), so that both answer, log and count every request alike. Steps return a
-    Reply; only a lookup that must wait for a ServiceAccount (the grace period) returns an
-    awaitable instead."""
+    """What /mutate does with a request: steps return a Reply; only a lookup that must wait
+    for a ServiceAccount (the grace period) returns an awaitable instead."""
 
     def __init__(self, ctx: WebhookContext) -> None:
         self.ctx = ctx
@@ -169,25 +170,16 @@ class MutateHandler:
 
 
 class MutateEndpoint:
-    """`/mutate` as a bare ASGI handler in front of the FastAPI app.
+    """`/mutate`, a raw ASGI endpoint on the FastAPI app's router (no request model: the
+    review decoder reads the body itself). Like upstream, any method reaches it and the
+    Content-Type decides. `record`, when set (`--record-dir`), is handed each request body
+    and the answer of every review answered 200; when unset it costs one test."""
 
-    Every pod creation in the cluster goes through here; FastAPI's routing and request
-    objects cost about a third of our CPU per review (bench/stack.py), so the hot path
-    skips them. Every other path is FastAPI's. Like upstream, any method reaches the
-    handler and the Content-Type decides. The server's own connections answer /mutate
-    without ASGI at all (protocol.py) with the same MutateHandler; this endpoint serves it
-    wherever the app is wrapped (--record-dir) or mounted elsewhere.
-    """
-
-    def __init__(self, ctx: WebhookContext, app: ASGIApp) -> None:
+    def __init__(self, ctx: WebhookContext) -> None:
         self.ctx = ctx
-        self.app = app
         self.handler = MutateHandler(ctx)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/mutate":
-            await self.app(scope, receive, send)
-            return
         handler = self.handler
         started = time.perf_counter()
         status = 200
@@ -202,15 +194,46 @@ class MutateEndpoint:
                 else:
                     answer = handler.review(body)
                     reply = answer if isinstance(answer, Reply) else await answer
+                    record = self.ctx.record
+                    if record is not None and reply.status == 200:
+                        record(body, reply.body)
             status = reply.status
             await _send(send, reply.status, reply.body, reply.content_type)
         finally:
             handler.observe(scope["method"], status, started)
 
 
-def create_webhook_app(ctx: WebhookContext) -> ASGIApp:
+class CloseWhileDraining:
+    """From SIGTERM on, every answer says `Connection: close` (uvicorn then closes the
+    connection after it), so a pooling client stops reusing it after an answer, never under
+    a request it is sending."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.draining():
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
+def create_webhook_app(ctx: WebhookContext) -> FastAPI:
+    """The HTTPS application: `serve`, the in-process tests and the recorder all use it."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(CloseWhileDraining, draining=ctx.shutting_down)
     metrics = ctx.metrics
+    # First on the router: every pod creation in the cluster comes here.
+    # A class instance as a Route's endpoint is served as raw ASGI; no methods: any method.
+    app.router.routes.append(Route("/mutate", MutateEndpoint(ctx), include_in_schema=False))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -236,7 +259,7 @@ def create_webhook_app(ctx: WebhookContext) -> ASGIApp:
             metrics.observe_request("POST", "/debug/alpha/500", 500, 0.0)
             return PlainTextResponse("test error\n", 500)
 
-    return MutateEndpoint(ctx, app)
+    return app
 
 
 def reject_response(message: str) -> Response:
@@ -245,6 +268,7 @@ def reject_response(message: str) -> Response:
 
 def create_metrics_app(ctx: WebhookContext) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(CloseWhileDraining, draining=ctx.shutting_down)
 
     @app.get("/metrics")
     async def metrics() -> Response:

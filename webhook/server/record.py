@@ -1,9 +1,9 @@
 """`serve --record-dir`: keep each review (request and our answer) for `replay`, off the hot path.
 
-The request path only joins the body chunks it already has and offers them to a bounded
-queue; a full queue drops the review and counts it (`pod_identity_webhook_record_dropped_total`),
-so recording can never block or slow /mutate. A writer thread does everything else: decoding,
-redaction, JSON, file writes, rotation, gzip.
+The /mutate handler calls `Recorder.record` with the body it already read and its answer,
+which offers them to a bounded queue; a full queue drops the review and counts it
+(`pod_identity_webhook_record_dropped_total`), so recording can never block or slow /mutate.
+A writer thread does everything else: decoding, redaction, JSON, file writes, rotation, gzip.
 
 Files: DIR/reviews.jsonl is written; at a tenth of --record-max-bytes it is gzipped to
 DIR/reviews-<UTC time>-<n>.jsonl.gz and the oldest rotations are removed while the directory's
@@ -39,7 +39,6 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +191,11 @@ class Recorder:
         sample = self.settings.sample
         return sample >= 1.0 or (sample > 0.0 and self.chance() < sample)
 
+    def record(self, request: bytes, response: bytes) -> None:
+        """The hook /mutate calls with each review answered 200 (WebhookContext.record)."""
+        if self.sampled():
+            self.offer(request, response)
+
     def offer(self, request: bytes, response: bytes) -> None:
         size = len(request) + len(response)
         with self.bytes_lock:
@@ -245,37 +249,3 @@ class Recorder:
             if self.queue.empty():
                 self.file.flush()
         self.file.close()
-
-
-class RecordingEndpoint:
-    """Wraps the webhook app: /mutate requests answered 200 are offered to the recorder."""
-
-    def __init__(self, app: ASGIApp, recorder: Recorder) -> None:
-        self.app = app
-        self.recorder = recorder
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/mutate" or not self.recorder.sampled():
-            await self.app(scope, receive, send)
-            return
-        request: list[bytes] = []
-        response: list[bytes] = []
-        status = 0
-
-        async def receiving() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                request.append(message.get("body", b""))
-            return message
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                response.append(message.get("body", b""))
-            await send(message)
-
-        await self.app(scope, receiving, sending)
-        if status == 200:
-            self.recorder.offer(b"".join(request), b"".join(response))

@@ -6,10 +6,12 @@ On SIGTERM (what the kubelet sends):
    pooled connections are closed after an answer, never under a request it is sending;
 2. for `--shutdown-delay`: everything else goes on, listeners included, while the endpoint
    is removed and the API server stops choosing this pod;
-3. then the listeners close (after taking what the kernel already accepted), idle connections
-   close, and in-flight reviews finish and their responses drain to the client for up to
-   `--shutdown-timeout`; the process exits 0.
+3. then the listeners close, idle connections close, and in-flight reviews finish and their
+   responses drain to the client for up to `--shutdown-timeout`; the process exits 0.
 SIGINT skips the delay; a second signal ends the drain at once.
+
+Each listener is a stock `uvicorn.Server` serving its sockets (`serve(sockets=...)`), with
+uvicorn's httptools protocol behind the guards of connection.py (`uvicorn.Config(http=...)`).
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.server import ServerState
 
 from webhook.server import looplag
-from webhook.server.accept import Acceptor
-from webhook.server.app import MutateEndpoint
-from webhook.server.protocol import ConnectionPolicy, WebhookProtocol
+from webhook.server.connection import HTTPProtocol, Listening, connection_class
+from webhook.server.listen import BACKLOG
 
 log = logging.getLogger("webhook.server")
 
@@ -71,66 +71,80 @@ class Listener:
 
 @dataclass(slots=True)
 class Draining:
-    """Set from the first SIGTERM on; readiness reads it."""
+    """Set from the first SIGTERM on; readiness and `Connection: close` read it."""
 
     active: bool = False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's Server, except that signals are the ServerGroup's: `capture_signals` is the
+    public hook `serve()` wraps itself in, and uvicorn's would stop at the first SIGTERM (no
+    delay) and raise the signal again on the way out."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(app: ASGIApp, http: Any, keep_alive: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http=http,
+        ws="none",  # upgrade requests are answered as plain HTTP/1.1 (connection.py)
+        lifespan="off",
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        log_level=logging.WARNING,  # not uvicorn's start and stop lines; its errors, yes
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=int(keep_alive),
+        backlog=BACKLOG,
+    )
+
+
 @dataclass(eq=False)
 class _Served:
-    """One listener while it runs: its connections and how new ones are accepted."""
+    """One listener: a uvicorn Server on its sockets, and its connections."""
 
     listener: Listener
     timeouts: Timeouts
-    policy: ConnectionPolicy = field(init=False)
-    state: ServerState = field(default_factory=ServerState)
-    acceptor: Acceptor = field(init=False)
+    listening: Listening = field(init=False)
+    server: _Server = field(init=False)
+    task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.policy = ConnectionPolicy(self.timeouts.read_header)
-        if isinstance(self.listener.app, MutateEndpoint):  # not when wrapped (--record-dir)
-            self.policy.direct = self.listener.app.handler
-        config = uvicorn.Config(
-            self.listener.app,
-            http="httptools",
-            ws="none",  # upgrade requests are answered as plain HTTP/1.1 (see protocol.py)
-            lifespan="off",
-            proxy_headers=False,
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            date_header=False,
-            timeout_keep_alive=int(self.timeouts.keep_alive),
+        stock = _uvicorn_config(self.listener.app, "httptools", self.timeouts.keep_alive)
+        stock.load()
+        self.listening = Listening(
+            # uvicorn's own protocol class, as `load()` resolved the `http` setting
+            http=cast(Callable[..., HTTPProtocol], stock.http_protocol_class),
+            read_header_timeout=self.timeouts.read_header,
+            tls=self.listener.ssl_context,
+            tls_handshake_timeout=self.timeouts.tls_handshake,
         )
-        config.load()
-        loop = asyncio.get_running_loop()
+        http = connection_class(self.listening)
+        self.server = _Server(_uvicorn_config(self.listener.app, http, self.timeouts.keep_alive))
 
-        def factory() -> asyncio.Protocol:
-            return WebhookProtocol(config, self.state, self.policy, loop)
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(sockets=self.listener.sockets))
 
-        self.acceptor = Acceptor(
-            self.listener.sockets, factory, self.listener.ssl_context, self.timeouts.tls_handshake
-        )
-
-    @property
-    def connections(self) -> list[WebhookProtocol]:
-        return [c for c in self.state.connections if isinstance(c, WebhookProtocol)]
-
-    def start_draining(self) -> None:
-        self.policy.draining = True
-        for connection in self.connections:
-            cycle = connection.cycle
-            if cycle is not None and not cycle.response_started:
-                cycle.keep_alive = False  # its answer will say Connection: close
+    def close_listeners(self) -> None:
+        """New connections are refused from now on; accepted ones carry on."""
+        for server in self.server.servers:  # the asyncio servers uvicorn's startup() made
+            server.close()
 
     def settle(self) -> bool:
         """One drain step: close what has nothing left to do; True once nothing is left."""
-        for connection in self.connections:
+        for connection in list(self.listening.connections):
             if connection.busy:
                 connection.quiet_checks = 0
                 continue
-            if not connection.transport.is_closing():
-                connection.transport.close()  # flushes, then TLS close_notify
+            transport = connection.transport
+            if transport is None or not transport.is_closing():
+                connection.close_gracefully()
+                connection.quiet_checks = 0
+                continue
             if connection.unsent_bytes():
                 connection.quiet_checks = 0
                 continue
@@ -138,23 +152,28 @@ class _Served:
             # write the loop had not yet handed to the kernel is not mistaken for none.
             connection.quiet_checks += 1
             if connection.quiet_checks >= 2:
-                connection.transport.abort()
-        return not self.state.connections and not self.acceptor.opening
+                transport.abort()
+        return not self.listening.connections
 
     def abort_all(self) -> int:
-        left = len(self.state.connections) + len(self.acceptor.opening)
-        for connection in list(self.state.connections):
-            connection.transport.abort()
-        for task in list(self.acceptor.opening) + list(self.state.tasks):
-            task.cancel()
+        left = len(self.listening.connections)
+        for connection in list(self.listening.connections):
+            connection.abort()
         return left
 
     def expire_heads(self, now: float) -> None:
-        for connection in self.connections:
+        for connection in list(self.listening.connections):
             if connection.head_overdue(now):
                 log.debug("closing a connection that sent no complete request head in time")
                 connection.head_since = None
-                connection.transport.abort()
+                connection.abort()
+
+    async def stop(self) -> None:
+        """Let uvicorn's serve() return: the drain is done, nothing is left to wait for."""
+        self.server.force_exit = True
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 @dataclass(eq=False)
@@ -185,7 +204,7 @@ class ServerGroup:
         self._stop, self._skip_delay, self._force = (asyncio.Event() for _ in range(3))
         self._served = [_Served(listener, self.timeouts) for listener in self.listeners]
         for served in self._served:
-            served.acceptor.start()
+            served.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
             loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
@@ -193,8 +212,12 @@ class ServerGroup:
         if self.loop_lag is not None:
             jobs.append(asyncio.create_task(looplag.monitor(self.loop_lag)))
         sweeper = asyncio.create_task(self._expire_heads())
-        self.started = True
         try:
+            while not all(served.server.started for served in self._served):
+                if any(served.task is not None and served.task.done() for served in self._served):
+                    raise RuntimeError("a listener failed to start")
+                await asyncio.sleep(0.005)
+            self.started = True
             await self._stop.wait()
             await self._drain()
         finally:
@@ -202,6 +225,7 @@ class ServerGroup:
             for task in jobs:
                 task.cancel()
             await asyncio.gather(sweeper, *jobs, return_exceptions=True)
+            await asyncio.gather(*(served.stop() for served in self._served))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         assert self._stop is not None
@@ -231,11 +255,9 @@ class ServerGroup:
     async def _drain(self) -> None:
         assert self._skip_delay is not None and self._force is not None
         self.draining.active = True
-        for served in self._served:
-            served.start_draining()
         await self._wait_any(self.timeouts.shutdown_delay, self._skip_delay, self._force)
         for served in self._served:
-            served.acceptor.close()
+            served.close_listeners()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.shutdown_timeout
         while not self._force.is_set():
