@@ -301,6 +301,16 @@ def test_upgrade_headers_are_renamed_so_the_request_is_answered_as_http_1_1(upgr
     assert b"\r\nX-Ignored-Upgrade" in received and received.endswith(body)
 
 
+def test_a_body_read_after_its_head_is_passed_on_untouched() -> None:
+    connection, _ = guarded()
+    body = b"text\r\nUpgrade: h2c\r\n"
+    request = raw_request("POST", "/mutate", body, {"Content-Type": "text/plain"})
+    head_end = request.index(b"\r\n\r\n") + 4
+    connection.data_received(request[:head_end])
+    connection.data_received(request[head_end:])
+    assert connection.http.received == request
+
+
 def test_draining_closes_an_idle_connection_through_uvicorns_shutdown() -> None:
     connection, _ = guarded()
     connection.data_received(raw_request("GET", "/healthz"))

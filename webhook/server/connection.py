@@ -140,6 +140,7 @@ class GuardedConnection(asyncio.Protocol):
         self.head_since: float | None = None  # a request head is awaited or arriving
         self.head_open = False  # between a request's first byte and the end of its head
         self.head_bytes = 0
+        self.in_body = False  # after a head, until its message is complete
         self.quiet_checks = 0  # consecutive drain checks that found nothing left to send
         self.heads: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
 
@@ -174,8 +175,11 @@ class GuardedConnection(asyncio.Protocol):
             return  # answered 431; the connection is closing
         heads = self.heads
         if heads is not None:
-            if b"pgrade" in data or b"PGRADE" in data:
-                data = _UPGRADE.sub(_IGNORED_UPGRADE, data)
+            if not self.in_body:  # a head may be in this chunk: before its blank line
+                end = data.find(b"\r\n\r\n")
+                end = len(data) if end < 0 else end + 2
+                if data.find(b"pgrade", 0, end) >= 0 or data.find(b"PGRADE", 0, end) >= 0:
+                    data = _UPGRADE.sub(_IGNORED_UPGRADE, data)
             try:
                 heads.feed_data(data)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -219,6 +223,10 @@ class GuardedConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_open = False
         self.head_since = None
+        self.in_body = True
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
 
     # -- opening --------------------------------------------------------------------------
 
