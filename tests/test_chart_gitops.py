@@ -42,6 +42,9 @@ def test_hook_objects_are_deleted_whatever_the_outcome(helm: str) -> None:
         for o in hooks(template(helm, "tests.enabled=true"))
     }
     assert policies == {"before-hook-creation,hook-succeeded,hook-failed"}
+    # ... after `helm test` has printed the failed tester's log.
+    tester = one(hooks(template(helm, "tests.enabled=true")), "Pod")
+    assert tester["metadata"]["annotations"]["helm.sh/hook-output-log-policy"] == "hook-failed"
 
 
 def test_keep_on_failure_keeps_a_failed_runs_objects_for_their_logs(helm: str) -> None:
