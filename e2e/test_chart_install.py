@@ -437,8 +437,8 @@ def test_self_signed_install_over_what_cert_manager_mode_left(
 def test_self_signed_install_over_a_foreign_tls_secret_says_what_to_delete(
     control_plane: ControlPlane, helm: Helm
 ) -> None:
-    """A `<fullname>-tls` no release owns (certManager or openshift mode of chart 0.3.0 and
-    earlier used that name): one line saying which Secret to delete, then the install works."""
+    """A `<fullname>-tls` no release owns (certManager or openshift mode of earlier chart
+    versions used that name): one line saying which Secret to delete, then the install works."""
     cp, ns = control_plane, "piw-foreign-tls"
     create_foreign_tls_secret(cp, ns, f"{FULLNAME}-tls", {})
 
