@@ -217,7 +217,8 @@ def test_every_rendered_object_passes_strict_server_side_apply(
     control_plane: ControlPlane, helm: Helm, values: Path
 ) -> None:
     cp, namespace = control_plane, f"piw-{values.stem}"
-    objects = helm.template(values, namespace)
+    # The `helm test` hook too (`helm template` leaves it out unless asked).
+    objects = helm.template(values, namespace, "--set", "tests.enabled=true")
     cp.ensure_namespace(namespace)
     cp.ensure_namespace(f"{FULLNAME}-test")  # the `helm test` hook's objects live there
 
