@@ -87,3 +87,22 @@ def test_a_broken_roles_file_keeps_the_previous_roles_and_says_why(
 
     assert error is not None and str(path) in error
     assert sts.roles == before
+
+
+def test_demo_up_prints_the_sts_address_and_the_roles_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    demo._print_result(
+        {
+            "reports": {},
+            "kubeconfig": "/k",
+            "netns": "/n",
+            "kubectl": "kubectl",
+            "logs": "/l",
+            "sts": f"http://192.0.2.10:{demo.STS_PORT}",
+            "roles_file": str(demo.ROLES_FILE),
+        }
+    )
+    out = capsys.readouterr().out
+    assert "AWS_ENDPOINT_URL_STS=http://192.0.2.10:4566" in out
+    assert str(demo.ROLES_FILE) in out
