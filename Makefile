@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: run test lock lock-check release chart-docs chart-docs-check lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
+.PHONY: run test lock lock-check release chart-docs chart-docs-check manifests lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
 
 # Every dependency comes from the hashed locks (scripts/lock.sh writes them); the project
 # itself goes in last, without dependencies, built by the locked setuptools.
@@ -74,6 +74,10 @@ chart-docs-check:
 	"$$tools/helm-docs" $(HELM_DOCS) --dry-run | diff -u charts/pod-identity-webhook/README.md - \
 		|| { echo "!! the chart README is stale: run make chart-docs"; exit 1; }; \
 	echo "helm-docs: charts/pod-identity-webhook/README.md is current"
+
+## manifests: regenerate deploy/base (kustomize, cert-manager TLS) from the chart's `helm template`
+manifests: $(STAMP)
+	@tools="$${PIW_E2E_TOOLS_DIR:-$$(bash e2e/tools/build.sh | tail -n 1)}" && $(PY) deploy/generate.py "$$tools/helm"
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

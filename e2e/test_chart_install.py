@@ -15,6 +15,7 @@ import json
 import os
 import ssl
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -73,6 +74,15 @@ class Helm:
     home: Path
 
     def run(self, *args: str) -> str:
+        proc = self.attempt(*args)
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            )
+        return proc.stdout
+
+    def attempt(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """One helm command, whatever its outcome."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBECONFIG"))}
         env |= {
             "HOME": str(self.home),
@@ -80,20 +90,15 @@ class Helm:
             "HELM_CONFIG_HOME": str(self.home / "config"),
             "HELM_DATA_HOME": str(self.home / "data"),
         }
-        proc = subprocess.run(
+        return subprocess.run(
             [str(self.binary), *args, "--kubeconfig", str(self.kubeconfig)],
             cwd=REPO,
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
-        if proc.returncode != 0:
-            raise AssertionError(
-                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
-            )
-        return proc.stdout
 
     def template(self, values: Path, namespace: str, *args: str) -> list[Obj]:
         text = self.run("template", RELEASE, str(CHART), "-n", namespace, "-f", str(values), *args)
@@ -212,7 +217,8 @@ def test_every_rendered_object_passes_strict_server_side_apply(
     control_plane: ControlPlane, helm: Helm, values: Path
 ) -> None:
     cp, namespace = control_plane, f"piw-{values.stem}"
-    objects = helm.template(values, namespace)
+    # The `helm test` hook too (`helm template` leaves it out unless asked).
+    objects = helm.template(values, namespace, "--set", "tests.enabled=true")
     cp.ensure_namespace(namespace)
     cp.ensure_namespace(f"{FULLNAME}-test")  # the `helm test` hook's objects live there
 
@@ -336,6 +342,176 @@ def test_uninstall_removes_cluster_scoped_objects(control_plane: ControlPlane, h
 
         left = [kind for kind, path in cluster_scoped.items() if get(cp, path) is not None]
         assert not left, f"left behind by helm uninstall: {left}"
+
+
+# ------------------------------------------- mode switches, reinstalls, failed tests (issue 17 §4)
+
+
+def secret_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+
+
+def create_foreign_tls_secret(
+    cp: ControlPlane, namespace: str, name: str, annotations: dict[str, str]
+) -> None:
+    """A kubernetes.io/tls Secret written by someone other than Helm (cert-manager, OpenShift's
+    service CA): no Helm ownership metadata."""
+    cp.ensure_namespace(namespace)
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    status, body = cp.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "annotations": annotations},
+            "data": {"tls.crt": pem.decode(), "tls.key": pem.decode()},
+        },
+    )
+    assert status == 201, f"create Secret {namespace}/{name}: HTTP {status}: {body[:300]!r}"
+
+
+def mounted_secret(cp: ControlPlane, namespace: str) -> str:
+    deployment = get(cp, f"/apis/apps/v1/namespaces/{namespace}/deployments/{FULLNAME}")
+    assert deployment is not None
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+    name: str = volume["secret"]["secretName"]
+    return name
+
+
+def owned_by_release(secret: Obj, release: str) -> bool:
+    annotations = secret["metadata"].get("annotations") or {}
+    return bool(annotations.get("meta.helm.sh/release-name") == release)
+
+
+def test_upgrade_from_openshift_mode_to_self_signed(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    cp, ns = control_plane, "piw-switch-openshift"
+    with helm.installed(RELEASE, ns, "--set", "tls.mode=openshift"):
+        # OpenShift's service CA: writes the Secret the Service's annotation names.
+        service = get(cp, f"/api/v1/namespaces/{ns}/services/{FULLNAME}")
+        assert service is not None
+        service_ca_secret = service["metadata"]["annotations"][
+            "service.beta.openshift.io/serving-cert-secret-name"
+        ]
+        create_foreign_tls_secret(
+            cp,
+            ns,
+            service_ca_secret,
+            {"service.beta.openshift.io/originating-service-name": FULLNAME},
+        )
+
+        helm.run("upgrade", RELEASE, str(CHART), "-n", ns, "--set", "tls.mode=selfSigned")
+
+        assert helm.revision(RELEASE, ns) == 2
+        self_signed = mounted_secret(cp, ns)
+        secret = get(cp, secret_path(ns, self_signed))
+        assert secret is not None and owned_by_release(secret, RELEASE)
+        mwc = get(cp, mwc_path(FULLNAME))
+        assert mwc is not None
+        assert mwc["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert get(cp, secret_path(ns, service_ca_secret)) is not None, "not Helm's to delete"
+
+
+def test_self_signed_install_over_what_cert_manager_mode_left(
+    control_plane: ControlPlane, helm: Helm, tmp_path: Path
+) -> None:
+    """cert-manager keeps the Secrets of deleted Certificates: after an uninstall of a
+    tls.mode=certManager release, its serving and CA Secrets stay behind."""
+    cp, ns = control_plane, "piw-after-cert-manager"
+    values = tmp_path / "cert-manager.yaml"
+    values.write_text("tls:\n  mode: certManager\n")
+    left = {
+        o["spec"]["secretName"] for o in helm.template(values, ns) if o["kind"] == "Certificate"
+    }
+    assert len(left) == 2
+    for name in sorted(left):
+        create_foreign_tls_secret(cp, ns, name, {"cert-manager.io/certificate-name": name})
+
+    with helm.installed(RELEASE, ns):
+        secret = get(cp, secret_path(ns, mounted_secret(cp, ns)))
+        assert secret is not None and owned_by_release(secret, RELEASE)
+
+
+def test_self_signed_install_over_a_foreign_tls_secret_says_what_to_delete(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    """A `<fullname>-tls` no release owns (certManager or openshift mode of earlier chart
+    versions used that name): one line saying which Secret to delete, then the install works."""
+    cp, ns = control_plane, "piw-foreign-tls"
+    create_foreign_tls_secret(cp, ns, f"{FULLNAME}-tls", {})
+
+    proc = helm.attempt("install", RELEASE, str(CHART), "-n", ns, "--wait=false")
+
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    assert f"kubectl -n {ns} delete secret {FULLNAME}-tls" in errors[0]
+    assert helm.attempt("status", RELEASE, "-n", ns).returncode != 0, "nothing was installed"
+
+    status, _ = cp.request("DELETE", secret_path(ns, f"{FULLNAME}-tls"))
+    assert status == 200
+    with helm.installed(RELEASE, ns):
+        secret = get(cp, secret_path(ns, f"{FULLNAME}-tls"))
+        assert secret is not None and owned_by_release(secret, RELEASE)
+
+
+def gone_or_going(cp: ControlPlane, path: str) -> bool:
+    """Deleted, or deletion under way (no namespace controller runs here to finish it)."""
+    obj = get(cp, path)
+    return obj is None or bool(obj["metadata"].get("deletionTimestamp"))
+
+
+@contextlib.contextmanager
+def namespace_controller(cp: ControlPlane, name: str) -> Iterator[None]:
+    """Plays the namespace controller for one namespace, which this control plane does not
+    run: once the namespace is being deleted, it is finalized (Helm waits for hook objects to
+    be gone before deleting the next one)."""
+    stop = threading.Event()
+
+    def finalize_when_deleted() -> None:
+        while not stop.wait(0.2):
+            namespace = get(cp, f"/api/v1/namespaces/{name}")
+            if namespace and namespace["metadata"].get("deletionTimestamp"):
+                namespace["spec"]["finalizers"] = []
+                cp.request("PUT", f"/api/v1/namespaces/{name}/finalize", namespace)
+
+    thread = threading.Thread(target=finalize_when_deleted, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_failed_helm_test_leaves_nothing_after_uninstall(
+    control_plane: ControlPlane, helm: Helm
+) -> None:
+    """No kubelet runs here: the tester pod never starts, so `helm test` fails (times out)."""
+    cp, ns = control_plane, "piw-failed-test"
+    tester, test_ns = f"{FULLNAME}-tester", f"{FULLNAME}-test"
+    with helm.installed(RELEASE, ns), namespace_controller(cp, test_ns):
+        proc = helm.attempt("test", RELEASE, "-n", ns, "--timeout=5s", timeout=120)
+        assert proc.returncode != 0, proc.stdout
+        helm.run("uninstall", RELEASE, "-n", ns)
+
+    left = [
+        path
+        for path in (
+            f"/api/v1/namespaces/{ns}/pods/{tester}",
+            f"/api/v1/namespaces/{ns}/serviceaccounts/{tester}",
+            f"/api/v1/namespaces/{ns}/configmaps/{tester}",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{test_ns}/roles/{tester}",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{test_ns}/rolebindings/{tester}",
+            f"/api/v1/namespaces/{test_ns}/serviceaccounts/annotated",
+            f"/api/v1/namespaces/{test_ns}",
+        )
+        if not gone_or_going(cp, path)
+    ]
+    assert not left, f"left behind by a failed helm test and the uninstall: {left}"
 
 
 # ------------------------------------------------------------------------ 3. URL mode end to end

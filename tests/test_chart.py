@@ -1187,7 +1187,7 @@ def test_cert_manager_mode(helm: str) -> None:
     assert ca_cert["secretName"] == f"{FULLNAME}-ca"
     assert ca_cert["issuerRef"]["name"] == f"{FULLNAME}-selfsigned"
     serving = certs[FULLNAME]["spec"]
-    assert serving["secretName"] == TLS_SECRET
+    assert serving["secretName"] == f"{FULLNAME}-cert-manager-tls"  # not Helm's: its own name
     assert serving["issuerRef"] == {
         "name": f"{FULLNAME}-ca",
         "kind": "Issuer",
@@ -1203,7 +1203,7 @@ def test_cert_manager_mode(helm: str) -> None:
     )
     assert "caBundle" not in webhook_entry(objs)["clientConfig"]
     volumes = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "tls", "secret": {"secretName": TLS_SECRET}} in volumes
+    assert {"name": "tls", "secret": {"secretName": serving["secretName"]}} in volumes
 
 
 def test_cert_manager_existing_issuer(helm: str) -> None:
@@ -1252,8 +1252,9 @@ def test_openshift_mode(helm: str) -> None:
     objs = render(helm, ci="openshift")
     assert find(objs, "Secret") == [] and find(objs, "Certificate") == []
     service = one(objs, "Service")
+    service_ca_secret = f"{FULLNAME}-service-ca-tls"  # not Helm's: its own name
     assert service["metadata"]["annotations"] == {
-        "service.beta.openshift.io/serving-cert-secret-name": TLS_SECRET
+        "service.beta.openshift.io/serving-cert-secret-name": service_ca_secret
     }
     config = one(objs, "MutatingWebhookConfiguration")
     assert config["metadata"]["annotations"] == {
@@ -1261,7 +1262,7 @@ def test_openshift_mode(helm: str) -> None:
     }
     assert "caBundle" not in webhook_entry(objs)["clientConfig"]
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
-    assert {"name": "tls", "secret": {"secretName": TLS_SECRET}} in pod["volumes"]
+    assert {"name": "tls", "secret": {"secretName": service_ca_secret}} in pod["volumes"]
     # restricted-v2 assigns UID and fsGroup itself.
     for context in (pod["securityContext"], container(objs)["securityContext"]):
         assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(context)
@@ -1497,7 +1498,8 @@ def test_notes_render_with_verification_commands(helm: str, name: str, tmp_path:
     (chart / "templates" / "notes-under-test.yaml").write_text(
         'kind: NotesUnderTest\ntext: {{ include "notes-under-test" . | toJson }}\n'
     )
-    rendered = render(helm, ci=name, chart=chart)
+    # As `helm install` renders it: able to look up the cluster, so the test hook is on.
+    rendered = render(helm, "tests.enabled=true", ci=name, chart=chart)
     text = one(rendered, "NotesUnderTest")["text"]
     assert "kubectl" in text
     assert "AWS_ROLE_ARN" in text and "AWS_WEB_IDENTITY_TOKEN_FILE" in text

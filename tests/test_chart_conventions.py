@@ -45,7 +45,16 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 def render_with_tests(helm: str, *sets: str) -> list[Obj]:  # noqa: F811
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    # tests.enabled=true: `helm template` leaves the hook out by default (tests.enabled null).
+    args = [
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "tests.enabled=true",
+    ]
     for s in sets:
         args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
     proc = run_helm(helm, *args)
@@ -292,7 +301,9 @@ def test_helm_test_hook_objects_and_their_scope(helm: str) -> None:  # noqa: F81
     for obj in hook_objs:
         notes = obj["metadata"]["annotations"]
         assert notes[HOOK_ANNOTATION] == "test"
-        assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert notes["helm.sh/hook-delete-policy"] == (
+            "before-hook-creation,hook-succeeded,hook-failed"
+        )
     # The tester may create pods in the test namespace, nothing else anywhere.
     role = one(hook_objs, "Role")
     assert role["metadata"]["namespace"] == TEST_NAMESPACE

@@ -13,8 +13,10 @@ the next `up` (or any node e2e run) sweeps away.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +31,61 @@ PID_FILE = STATE / "supervisor.pid"
 RESULT_FILE = STATE / "result.json"
 LOG_FILE = STATE / "supervisor.log"
 UP_TIMEOUT = 900.0
+# Your own roles for the emulated STS (see RolesFile); edits apply within a second.
+ROLES_FILE = STATE / "roles.json"
+# The emulated STS, always here: pods set AWS_ENDPOINT_URL_STS=http://<node IP>:4566.
+STS_PORT = 4566
+
+
+class RolesFile:
+    """Roles a person adds to the demo's STS: a JSON object mapping a role ARN to either
+    {"namespace": ..., "serviceAccount": ...} (the least-privilege trust policy of the
+    walkthrough, for that ServiceAccount) or a trust policy document of its own. The demo's
+    own roles stay; a role removed from the file is removed from STS. An unreadable file keeps
+    the previous roles and reports why."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._added: set[str] = set()
+
+    def sync(self, sts: Any, provider: Any, trust_policy: Any) -> str | None:
+        """Applies the file to `sts.roles` if it changed; returns an error message or None."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            stat = None
+        seen = (stat.st_mtime_ns, stat.st_size) if stat else None
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            wanted = self._read(provider, trust_policy) if stat else {}
+        except (OSError, ValueError) as e:
+            return f"{self.path}: {e}; the previous roles stay"
+        for arn in self._added - set(wanted):
+            sts.roles.pop(arn, None)
+        sts.roles.update(wanted)
+        self._added = set(wanted)
+        return None
+
+    def _read(self, provider: Any, trust_policy: Any) -> dict[str, dict[str, Any]]:
+        doc = json.loads(self.path.read_text() or "{}")
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object of role ARN -> role")
+        roles: dict[str, dict[str, Any]] = {}
+        for arn, role in doc.items():
+            if not (isinstance(role, dict) and str(arn).startswith("arn:aws")):
+                raise ValueError(f"{arn!r}: expected a role ARN mapped to an object")
+            if "Statement" in role:
+                roles[arn] = role
+            elif isinstance(role.get("namespace"), str) and isinstance(
+                role.get("serviceAccount"), str
+            ):
+                roles[arn] = trust_policy(provider, role["namespace"], role["serviceAccount"])
+            else:
+                raise ValueError(f"{arn}: give namespace and serviceAccount, or a trust policy")
+        return roles
 
 
 def _supervise() -> None:
@@ -46,6 +103,7 @@ def _supervise() -> None:
         aws_emulators,
         install_webhook,
         probe_pod,
+        trust_policy,
     )
 
     stop = False
@@ -68,7 +126,10 @@ def _supervise() -> None:
         for image in (images.base, images.webhook, images.demo):
             node.import_image(image.archive, image.ref)
         install_webhook(node, images)
-        with aws_emulators(node) as aws:
+        with aws_emulators(node, sts_port=STS_PORT) as aws:
+            roles = RolesFile(ROLES_FILE)
+            if not ROLES_FILE.exists():
+                ROLES_FILE.write_text("{}\n")
             apply_demo_objects(node, images, aws)
             reports = {
                 f"{ns}/{DEMO_POD}": probe_pod(node, ns, DEMO_POD).__dict__
@@ -83,9 +144,14 @@ def _supervise() -> None:
                 "kubectl": str(kubectl) if kubectl.exists() else "kubectl",
                 "logs": str(node.log_dir),
                 "sts": aws.sts.url,
+                "roles_file": str(ROLES_FILE),
+                "demo_image": images.demo.ref,
             }
             _write_result(result)
             while not stop:
+                error = roles.sync(aws.sts, aws.provider, trust_policy)
+                if error:
+                    print(f"demo: {error}", flush=True)  # into the supervisor's log
                 time.sleep(0.5)
     finally:
         node.stop()
@@ -165,6 +231,8 @@ def _print_result(result: dict[str, Any]) -> None:
         f"  KUBECONFIG={result['kubeconfig']} nsenter --net={result['netns']} "
         f"{result['kubectl']} get pods -A"
     )
+    print(f"\nSTS (emulated) for your own pods: AWS_ENDPOINT_URL_STS={result['sts']}")
+    print(f"Roles it trusts besides the demo's: {result['roles_file']} (the guide says how)")
     print(f"\nComponent logs: {result['logs']}    Remove everything: make demo-down")
 
 
@@ -186,9 +254,21 @@ def down() -> int:
 
     root = Path(os.environ.get("PIW_NODE_STATE_ROOT", DEFAULT_STATE_ROOT))
     runs.sweep_dead_runs(root)
+    remove_state()
+    return 0
+
+
+def remove_state() -> None:
+    """Everything `up` wrote under STATE: pid, result, the supervisor's log and the node's
+    component logs (`up` prints their directory; they are gone with the demo)."""
     PID_FILE.unlink(missing_ok=True)
     RESULT_FILE.unlink(missing_ok=True)
-    return 0
+    RESULT_FILE.with_suffix(".tmp").unlink(missing_ok=True)
+    LOG_FILE.unlink(missing_ok=True)
+    ROLES_FILE.unlink(missing_ok=True)
+    shutil.rmtree(STATE / "logs", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        STATE.rmdir()  # only when nothing else is in it
 
 
 def main(argv: list[str] | None = None) -> int:

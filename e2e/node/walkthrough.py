@@ -272,15 +272,16 @@ def _free_port(host: str) -> int:
 
 
 @contextlib.contextmanager
-def aws_emulators(node: Node) -> Iterator[AwsEmulators]:
-    """STS on the node IP and the Pod Identity agent on 169.254.170.23:80, both trusting the
-    cluster's issuer (reached over HTTPS with the cluster CA, as IAM reaches a public one)."""
+def aws_emulators(node: Node, *, sts_port: int | None = None) -> Iterator[AwsEmulators]:
+    """STS on the node IP (on `sts_port`, default a free one) and the Pod Identity agent on
+    169.254.170.23:80, both trusting the cluster's issuer (reached over HTTPS with the cluster
+    CA, as IAM reaches a public one)."""
     issuer_ssl = ssl.create_default_context(cafile=str(node.ca_file))
     provider = OidcProvider(node.issuer, ["sts.amazonaws.com"], issuer_ssl)
     store = CredentialStore()
     sts = StsEmulator(
         node.node_ip,
-        _free_port(node.node_ip),
+        sts_port or _free_port(node.node_ip),
         ACCOUNT_ID,
         [provider],
         {DEMO_ROLE_ARN: trust_policy(provider, DEMO_NAMESPACE, DEMO_SERVICE_ACCOUNT)},

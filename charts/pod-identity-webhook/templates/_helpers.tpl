@@ -101,12 +101,22 @@ otherwise image.registry (when not empty) is put in front. A digest pins the ima
 {{- end -}}
 {{- end -}}
 
-{{/* Name of the Secret holding tls.crt/tls.key that the Deployment mounts. */}}
+{{/*
+Name of the Secret holding tls.crt/tls.key that the Deployment mounts. Each mode has its own:
+the Secrets of certManager and openshift are written by cert-manager / service-ca, not Helm,
+and outlive a mode switch or an uninstall; sharing a name with the selfSigned Secret (which
+Helm owns) would make `helm install/upgrade` refuse to adopt them.
+*/}}
 {{- define "piw.tlsSecretName" -}}
+{{- $fullname := include "piw.fullname" . -}}
 {{- if eq .Values.tls.mode "existingSecret" -}}
 {{- required "tls.existingSecret.name is required when tls.mode=existingSecret" .Values.tls.existingSecret.name -}}
+{{- else if eq .Values.tls.mode "certManager" -}}
+{{- printf "%s-cert-manager-tls" $fullname | trunc 253 -}}
+{{- else if eq .Values.tls.mode "openshift" -}}
+{{- printf "%s-service-ca-tls" $fullname | trunc 253 -}}
 {{- else -}}
-{{- printf "%s-tls" (include "piw.fullname" .) -}}
+{{- printf "%s-tls" $fullname -}}
 {{- end -}}
 {{- end -}}
 
@@ -143,9 +153,14 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 */}}
 {{- define "piw.selfSignedTLS" -}}
 {{- $secretName := include "piw.tlsSecretName" . -}}
-{{- $existing := lookup "v1" "Secret" (include "piw.namespace" $) $secretName -}}
+{{- $namespace := include "piw.namespace" $ -}}
+{{- $existing := lookup "v1" "Secret" $namespace $secretName -}}
 {{- $data := dict -}}
 {{- if $existing -}}
+{{- $owner := (($existing.metadata).annotations | default dict) -}}
+{{- if or (ne (index $owner "meta.helm.sh/release-name" | default "") .Release.Name) (ne (index $owner "meta.helm.sh/release-namespace" | default "") .Release.Namespace) -}}
+{{- fail (printf "tls.mode=selfSigned: Secret %s/%s exists and is not this release's (a leftover of tls.mode=certManager or openshift in an earlier chart version, or made by hand): delete it with `kubectl -n %s delete secret %s` and retry" $namespace $secretName $namespace $secretName) -}}
+{{- end -}}
 {{- $data = $existing.data | default dict -}}
 {{- end -}}
 {{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
@@ -157,6 +172,35 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- $cn := printf "%s.%s.svc" (include "piw.fullname" .) (include "piw.namespace" $) -}}
 {{- $cert := genSignedCert $cn nil $dns $days $ca -}}
 {{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the `helm test` hook is rendered: tests.enabled true, or null (the default) and the
+render can see the cluster (helm install/upgrade). `helm template`, `--dry-run=client` and the
+GitOps tools that render with them cannot look anything up, so the hook stays out of what they
+apply as plain objects (a test Namespace and Pod a GitOps tool would create and keep).
+*/}}
+{{- define "piw.renderTests" -}}
+{{- $enabled := .Values.tests.enabled -}}
+{{- if kindIs "invalid" $enabled -}}
+{{- if lookup "v1" "Namespace" "" "kube-system" -}}true{{- end -}}
+{{- else if $enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+A securityContext map as YAML without its null entries: `runAsUser: null` in a values file
+(OpenShift: let restricted-v2 pick the UID) leaves the field out instead of rendering a null.
+*/}}
+{{- define "piw.withoutNulls" -}}
+{{- $out := dict -}}
+{{- range $k, $v := . -}}
+{{- if not (kindIs "invalid" $v) -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- with $out -}}
+{{- toYaml . -}}
 {{- end -}}
 {{- end -}}
 
@@ -218,6 +262,47 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 {{- end -}}
 {{- end -}}
 
+{{/*
+config.tlsCipherSuites as the comma-separated Go (IANA) names the binary takes. OpenSSL names, as
+OpenShift's TLS security profiles list them (`oc get apiserver cluster -o yaml`), are translated;
+the DHE suites of those profiles have no Go equivalent and are dropped, as OpenShift's own
+components (library-go) drop them. Any other name fails the render.
+*/}}
+{{- define "piw.tlsCipherSuites" -}}
+{{- $openssl := dict
+  "ECDHE-ECDSA-AES128-GCM-SHA256" "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+  "ECDHE-RSA-AES128-GCM-SHA256" "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+  "ECDHE-ECDSA-AES256-GCM-SHA384" "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+  "ECDHE-RSA-AES256-GCM-SHA384" "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
+  "ECDHE-ECDSA-CHACHA20-POLY1305" "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+  "ECDHE-RSA-CHACHA20-POLY1305" "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+  "ECDHE-ECDSA-AES128-SHA256" "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"
+  "ECDHE-RSA-AES128-SHA256" "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256"
+  "ECDHE-ECDSA-AES128-SHA" "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"
+  "ECDHE-RSA-AES128-SHA" "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
+  "ECDHE-ECDSA-AES256-SHA" "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"
+  "ECDHE-RSA-AES256-SHA" "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA"
+  "AES128-GCM-SHA256" "TLS_RSA_WITH_AES_128_GCM_SHA256"
+  "AES256-GCM-SHA384" "TLS_RSA_WITH_AES_256_GCM_SHA384"
+  "AES128-SHA256" "TLS_RSA_WITH_AES_128_CBC_SHA256"
+  "AES128-SHA" "TLS_RSA_WITH_AES_128_CBC_SHA"
+  "AES256-SHA" "TLS_RSA_WITH_AES_256_CBC_SHA"
+  "DES-CBC3-SHA" "TLS_RSA_WITH_3DES_EDE_CBC_SHA"
+-}}
+{{- $dropped := list "DHE-RSA-AES128-GCM-SHA256" "DHE-RSA-AES256-GCM-SHA384" "DHE-RSA-CHACHA20-POLY1305" "DHE-RSA-AES128-SHA256" "DHE-RSA-AES256-SHA256" -}}
+{{- $out := list -}}
+{{- range .Values.config.tlsCipherSuites -}}
+{{- if hasPrefix "TLS_" . -}}
+{{- $out = append $out . -}}
+{{- else if hasKey $openssl . -}}
+{{- $out = append $out (index $openssl .) -}}
+{{- else if not (has . $dropped) -}}
+{{- fail (printf "config.tlsCipherSuites: unknown cipher suite %q (Go names such as TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, or OpenSSL names such as ECDHE-RSA-AES128-GCM-SHA256)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $out | uniq | join "," -}}
+{{- end -}}
+
 {{/* The webhook's command-line flags, one YAML list item per line, pflag syntax. */}}
 {{- define "piw.args" -}}
 {{- $c := .Values.config -}}
@@ -231,8 +316,8 @@ server trusts, survive `helm upgrade`. Only call it once per render (see webhook
 - --tls-cert=/etc/webhook/certs/tls.crt
 - --tls-key=/etc/webhook/certs/tls.key
 - {{ printf "--tls-min-version=%s" $c.tlsMinVersion | quote }}
-{{- with $c.tlsCipherSuites }}
-- {{ printf "--tls-cipher-suites=%s" (join "," .) | quote }}
+{{- with include "piw.tlsCipherSuites" . }}
+- {{ printf "--tls-cipher-suites=%s" . | quote }}
 {{- end }}
 - {{ printf "--namespace=%s" (include "piw.namespace" $) | quote }}
 - {{ printf "--service-name=%s" (include "piw.fullname" .) | quote }}
