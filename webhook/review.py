@@ -239,6 +239,8 @@ def _no_identity_reason(pending: PendingReview, lookup: Lookup, settings: Mutati
 
 
 # One pass over the bytes that builds only what a mutation reads (see wire.AdmissionReviewIn).
+# orjson's nesting limit (its documented "recursion limit": arrays and objects 1,024 deep).
+JSON_MAX_DEPTH = 1024
 _READ_REVIEW = msgspec.json.Decoder(AdmissionReviewIn)
 
 
@@ -250,13 +252,25 @@ def parse_review(body: bytes) -> PendingReview | Outcome:
         typed = _READ_REVIEW.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         pass
+    except RecursionError:
+        # msgspec recurses on the C stack, checked against Python's recursion limit (~1,000
+        # levels, fewer the deeper the caller): a value nested that deep, even in a field we
+        # skip, lands here. orjson below has a fixed limit of its own (1,024 levels).
+        pass
     else:
         return _route_pod_create(typed)
-    # Rare: a field of the wrong type or broken JSON. Read it in full, as before the fast
-    # path existed, so the denial names the field (or the JSON error) the same way.
+    # Rare: a field of the wrong type, broken JSON or deep nesting. Read it in full, as before
+    # the fast path existed, so the denial names the field (or the JSON error) the same way.
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as err:
+        if str(err).startswith("depth limit exceeded"):
+            # No pod nests this deep: the API server prunes unknown fields. Only replayed or
+            # hostile input does; it gets an answer, never an internal error (upstream answers).
+            return reject(
+                f"cannot decode body as JSON: it nests more than {JSON_MAX_DEPTH} levels deep "
+                f"({err})"
+            )
         return reject(f"cannot decode body as JSON: {err}")
     return _route(review, shape_checked=False)
 
