@@ -20,7 +20,12 @@ import orjson
 import pybase64
 
 from webhook.core.identity import Identity, Lookup, Mode, resolve_identity
-from webhook.core.mutation import Plan, identity_warnings, plan_mutation
+from webhook.core.mutation import (
+    Plan,
+    container_count_error,
+    identity_warnings,
+    plan_mutation,
+)
 from webhook.core.podshape import pod_shape_error
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
@@ -377,6 +382,10 @@ def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSett
         outcome.missing_service_account = (
             lookup.service_account is None and lookup.config_map is None
         )
+    elif (too_large := container_count_error(pending.pod)) is not None:
+        # Bounded work per review: denied before planning, so one request cannot stall every
+        # other pod's admission (the denial is logged with the pod's names, as every denial).
+        outcome = reject(f"cannot mutate pod: {too_large}", pending.api_version, pending.uid)
     else:
         plan: Plan = plan_mutation(
             pending.pod, pending.namespace, identity, settings, lambda: uid_jitter(pending.uid)
