@@ -19,12 +19,13 @@ import msgspec
 import orjson
 import pybase64
 
-from webhook.core.identity import Identity, Lookup, Mode, resolve_identity
+from webhook.core.identity import Lookup, Mode
 from webhook.core.mutation import (
     Plan,
     container_count_error,
     identity_warnings,
     plan_mutation,
+    resolution_for,
 )
 from webhook.core.podshape import pod_shape_error
 from webhook.core.settings import (
@@ -375,7 +376,9 @@ _METHOD = {mode: mode.value for mode in Mode}  # Enum.value is a slow property l
 
 @_logged_finish
 def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSettings) -> Outcome:
-    identity: Identity | None = resolve_identity(lookup, settings)
+    # Resolved once per ServiceAccount entry by the store, under the server's settings.
+    resolution = resolution_for(lookup, settings)
+    identity = resolution.identity
     if identity is None:
         reason = _no_identity_reason(pending, lookup, settings)
         outcome = _allow(pending.api_version, pending.uid, reason)
@@ -388,9 +391,18 @@ def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSett
         outcome = reject(f"cannot mutate pod: {too_large}", pending.api_version, pending.uid)
     else:
         plan: Plan = plan_mutation(
-            pending.pod, pending.namespace, identity, settings, lambda: uid_jitter(pending.uid)
+            pending.pod,
+            pending.namespace,
+            identity,
+            settings,
+            lambda: uid_jitter(pending.uid),
+            resolution.recipes,
         )
-        warnings = identity_warnings(identity, pending.namespace, pending.service_account)
+        warnings = (
+            identity_warnings(identity, pending.namespace, pending.service_account)
+            if resolution.warns
+            else []
+        )
         if plan.warnings:
             warnings += plan.warnings
         patch = plan.patch

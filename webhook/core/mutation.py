@@ -7,7 +7,6 @@ Order of additions, names and defaults follow upstream so swapped binaries produ
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,14 @@ from typing import Any
 import orjson
 
 from webhook.core.gocompat import csv_first_record, join_path
-from webhook.core.identity import Identity, Mode, is_valid_role_arn, parse_expiration
+from webhook.core.identity import (
+    Identity,
+    Lookup,
+    Mode,
+    is_valid_role_arn,
+    parse_expiration,
+    resolve_identity,
+)
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
     POD_IDENTITY_LABEL,
@@ -115,7 +121,6 @@ def is_windows(spec: Mapping[str, Any]) -> bool:
     return bool(os_field and os_field.get("name") == "windows")
 
 
-@functools.lru_cache(maxsize=64)
 def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
     path = join_path(mount_path, token_path)
     if windows:
@@ -124,7 +129,8 @@ def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
 
 
 # The patch is written as JSON text directly: every value we add is known per identity, so it
-# is encoded once (orjson, cached) and a review only fills in the container paths. The text is
+# is encoded once (orjson, in the identity's Recipe) and a review only fills in the container
+# paths. The text is
 # exactly what orjson.dumps writes for the same operations (tests/test_mutation.py checks).
 # A template is a tuple of text segments with a container's path going between them.
 Template = tuple[str, ...]
@@ -159,7 +165,7 @@ class _EnvOps:
 @dataclass(frozen=True, slots=True)
 class _Injection:
     """What each container should receive, the same for every pod of one identity: built once
-    (cached), so a review only picks the env operations that apply and fills in paths."""
+    (in the Recipe), so a review only picks the env operations that apply and fills in paths."""
 
     credential_names: frozenset[str]
     token_file_env: str  # the variable naming the token file
@@ -202,7 +208,6 @@ def _env_ops(additions: list[dict[str, str]] | None) -> _EnvOps | None:
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _injection(
     credential_names: frozenset[str],
     credentials: tuple[tuple[str, str], ...],
@@ -228,7 +233,6 @@ def _injection(
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _volume_op(
     volume_name: str, audience: str, expiration: int, token_path: str, first: bool
 ) -> str:
@@ -352,22 +356,21 @@ def identity_warnings(identity: Identity, namespace: str, service_account: str) 
 
 
 @dataclass(frozen=True, slots=True)
-class _Recipe:
-    """Everything planning derives from (identity, settings, windows): built once per
-    identity and kept on it, so a review only reads the pod."""
+class Recipe:
+    """Everything planning derives from (identity, settings, windows), so that a review only
+    reads the pod: built by `recipe`, kept per ServiceAccount entry by the store (Resolution)."""
 
     container_credentials: bool
     volume_name: str
     token_path: str
     injection: _Injection
+    # The volume operation at the identity's own expiration (what most pods get), as
+    # (prepended to a volumes list, a new volumes list).
+    expiration: int
+    volume_ops: tuple[str, str]
 
 
-def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _Recipe:
-    # Keyed by windows, checked by settings identity (hashing the settings costs more than
-    # the recipe saves); other settings simply replace the entry.
-    kept = identity.prepared.get(windows)
-    if isinstance(kept, tuple) and kept[0] is settings:
-        return kept[1]  # type: ignore[no-any-return]
+def recipe(identity: Identity, settings: MutationSettings, windows: bool) -> Recipe:
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
         cc = settings.container_credentials
         volume_name, mount_path, token_path = cc.volume_name, cc.mount_path, cc.token_path
@@ -386,7 +389,8 @@ def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _R
         token_file = _token_file(mount_path, token_path, windows)
         credentials = ((ROLE_ARN, identity.role_arn), (WEB_IDENTITY_TOKEN_FILE, token_file))
         credential_names, token_file_env = _WEB_IDENTITY_PAIR, WEB_IDENTITY_TOKEN_FILE
-    recipe = _Recipe(
+    expiration = identity.token_expiration
+    return Recipe(
         container_credentials=identity.mode is Mode.CONTAINER_CREDENTIALS,
         volume_name=volume_name,
         token_path=token_path,
@@ -399,9 +403,46 @@ def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _R
             settings.aws_default_region,
             identity.use_regional_sts,
         ),
+        expiration=expiration,
+        volume_ops=(
+            _volume_op(volume_name, identity.audience, expiration, token_path, False),
+            _volume_op(volume_name, identity.audience, expiration, token_path, True),
+        ),
     )
-    identity.prepared[windows] = (settings, recipe)
-    return recipe
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a review derives from a Lookup alone under `settings`: the identity, its recipes
+    for Linux and Windows pods, and whether identity_warnings has anything to say. Pure data,
+    computed by `resolve`; the store keeps one per ServiceAccount entry (on the Lookup it hands
+    out), so most reviews derive nothing."""
+
+    settings: MutationSettings
+    identity: Identity | None
+    recipes: tuple[Recipe, Recipe] | None  # by windows: (Linux, Windows)
+    warns: bool
+
+
+def resolve(lookup: Lookup, settings: MutationSettings) -> Resolution:
+    identity = resolve_identity(lookup, settings)
+    if identity is None:
+        return Resolution(settings, None, None, False)
+    return Resolution(
+        settings,
+        identity,
+        (recipe(identity, settings, False), recipe(identity, settings, True)),
+        bool(identity.warnings)
+        or (identity.mode is Mode.WEB_IDENTITY and not is_valid_role_arn(identity.role_arn)),
+    )
+
+
+def resolution_for(lookup: Lookup, settings: MutationSettings) -> Resolution:
+    """The lookup's own Resolution when it was made under these very settings, else a new one."""
+    kept = lookup.resolution
+    if kept is not None and kept.settings is settings:
+        return kept
+    return resolve(lookup, settings)
 
 
 # The most containers (initContainers and containers together) one review may mutate. Each
@@ -433,8 +474,10 @@ def plan_mutation(
     identity: Identity,
     settings: MutationSettings,
     jitter: Jitter,
+    recipes: tuple[Recipe, Recipe] | None = None,
 ) -> Plan:
-    """The additions that give `pod` its identity. Pure: same inputs, same plan."""
+    """The additions that give `pod` its identity. Pure: same inputs, same plan. `recipes`:
+    the identity's (Resolution.recipes), when the caller has them already."""
     annotations = pod_annotations(pod)
     spec = pod.get("spec") or {}
     expiration, expiration_note = token_expiration_for(identity, annotations, settings, jitter)
@@ -442,16 +485,17 @@ def plan_mutation(
     warnings: list[str] = []
     if expiration_note:
         warnings.append(f"pod-identity-webhook: {expiration_note}")
-    recipe = _recipe(identity, settings, is_windows(spec))
+    windows = is_windows(spec)
+    chosen = recipes[windows] if recipes is not None else recipe(identity, settings, windows)
 
-    if recipe.container_credentials:
+    if chosen.container_credentials:
         labels = (pod.get("metadata") or {}).get("labels")
         if labels is None:
             ops.append(_LABEL_OPS[0])
         elif labels.get(POD_IDENTITY_LABEL) != "enabled":
             ops.append(_LABEL_OPS[1])
 
-    volume_name = recipe.volume_name
+    volume_name = chosen.volume_name
     volumes = spec.get("volumes")
     has_volume = False
     for volume in volumes or ():
@@ -459,13 +503,14 @@ def plan_mutation(
             has_volume = True
             break
     if not has_volume:
+        first = volumes is None
         ops.append(
-            _volume_op(
-                volume_name, identity.audience, expiration, recipe.token_path, volumes is None
-            )
+            chosen.volume_ops[first]
+            if expiration == chosen.expiration
+            else _volume_op(volume_name, identity.audience, expiration, chosen.token_path, first)
         )
 
-    injection = recipe.injection
+    injection = chosen.injection
     skip = (
         containers_to_skip(annotations, settings)
         if annotations and settings.skip_containers_key in annotations
