@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -17,6 +19,16 @@ from .builders import ROLE, admission_review, patch_of, pod, respond, store_with
 STORE = store_with(app={"eks.amazonaws.com/role-arn": ROLE})
 
 
+@pytest.fixture
+def default_recursion_limit() -> Iterator[None]:
+    """Python's default, as the server runs (a library in this test process may raise it, and
+    msgspec's typed decode then reads deeper)."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000)
+    yield
+    sys.setrecursionlimit(before)
+
+
 def nested_in_an_unknown_field(depth: int) -> bytes:
     """A pod CREATE whose unknown field `x` holds `depth` nested arrays (the API server prunes
     such fields from pods: only replayed or hostile input looks like this)."""
@@ -24,6 +36,7 @@ def nested_in_an_unknown_field(depth: int) -> bytes:
     return review.replace(b'"HERE"', b"[" * depth + b"]" * depth)
 
 
+@pytest.mark.usefixtures("default_recursion_limit")
 @pytest.mark.parametrize("depth", [500, 1_000, JSON_MAX_DEPTH - 10])
 def test_a_deep_unknown_field_that_a_json_decoder_reads_still_gets_the_mutation(
     depth: int,
@@ -32,7 +45,8 @@ def test_a_deep_unknown_field_that_a_json_decoder_reads_still_gets_the_mutation(
     assert patch_of(respond(nested_in_an_unknown_field(depth), STORE))
 
 
-@pytest.mark.parametrize("depth", [JSON_MAX_DEPTH - 1, 1_023, 5_000, 1_000_000])
+@pytest.mark.usefixtures("default_recursion_limit")
+@pytest.mark.parametrize("depth", [JSON_MAX_DEPTH - 1, 5_000, 1_000_000])
 def test_a_review_nested_deeper_than_the_json_decoders_limit_is_denied_clearly(
     depth: int,
 ) -> None:
