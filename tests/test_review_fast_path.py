@@ -148,6 +148,42 @@ def test_the_typed_decoder_accepts_a_pod_only_when_the_full_check_does(p: dict[s
     assert fast == full
 
 
+@settings(max_examples=500, deadline=None)
+@given(damaged_pods())
+def test_the_full_check_accepts_a_pod_only_when_the_typed_decoder_does(p: dict[str, Any]) -> None:
+    # With the one above: both derive from wire.PodIn, so they agree both ways.
+    body = json.dumps(admission_review(p)).encode()
+    if pod_shape_error(p) is None:
+        msgspec.json.decode(body, type=AdmissionReviewIn)  # raises on disagreement
+    else:
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(body, type=AdmissionReviewIn)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # Each list's items' own fields are checked before any item's lists.
+        (
+            {"containers": [{"name": "a", "env": 1}, {"name": 2}]},
+            "spec.containers[1].name must be a string",
+        ),
+        ({"volumes": [{}, 3], "os": 1}, "spec.volumes[1] must be an object"),
+        ({"os": {"name": None}}, "spec.os must be an object with a string name"),
+        ({"os": []}, "spec.os must be an object with a string name"),
+        ({"nodeSelector": {"k": 1}}, "spec.nodeSelector['k'] must be a string"),
+        (
+            {"initContainers": [{"volumeMounts": [{"name": 1}]}]},
+            "spec.initContainers[0].volumeMounts[0].name must be a string",
+        ),
+    ],
+)
+def test_the_first_offending_field_is_named_in_schema_order(
+    spec: dict[str, Any], message: str
+) -> None:
+    assert pod_shape_error({"spec": spec}) == message
+
+
 def test_a_pod_with_a_wrong_type_is_denied_naming_the_field_as_before() -> None:
     body = orjson.dumps(admission_review(pod(container(env={"A": "1"}))))
     answer = orjson.loads(review(body, store_with(), MutationSettings()).body)["response"]
