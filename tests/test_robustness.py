@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from webhook.server.app import WebhookContext, create_webhook_app
 from webhook.server.grace import GraceLookup
 from webhook.server.metrics import Metrics
 from webhook.server.tls import CertificateReloader, server_context
+from webhook.sources import kube
+from webhook.sources.kube import KubeSource
 from webhook.sources.store import IdentityStore
 
 from .builders import ROLE, admission_review, pod
@@ -249,32 +252,68 @@ def test_the_watch_backoff_is_jittered_and_never_waits_more_than_3s() -> None:
     assert low.next_delay() == pytest.approx(0.1)
 
 
-def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_counted() -> None:
-    import threading
+class _FakeTime:
+    """The retry loops' clock and sleep: each wait returns at once and moves the clock on by
+    its length. Once the clock has reached `hold_at`, the next wait first blocks (in real
+    time) until `release` is set, so a test can change the world at that instant."""
 
-    from webhook.sources.kube import KubeSource
+    def __init__(self, hold_at: float = float("inf")) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.hold_at = hold_at
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.stopped = False
 
-    source = KubeSource(IdentityStore(MutationSettings()), None, None, 60.0)  # type: ignore[arg-type]
-    waits: list[float] = []
+    def clock(self) -> float:
+        return self.now
 
-    class Clock(threading.Event):
-        """The loop's stop event, recording each wait instead of sleeping."""
+    def sleep(self, seconds: float) -> bool:
+        if self.now >= self.hold_at and not self.release.is_set():
+            self.holding.set()
+            self.release.wait(10)
+        self.waits.append(seconds)
+        self.now += seconds
+        return self.stopped
 
-        def wait(self, timeout: float | None = None) -> bool:
-            waits.append(float(timeout or 0))
-            return False
 
-    source._stop = Clock()
-    outage = 40  # attempts refused while the API server is down
+class _RefusingAPI:
+    """Refuses the ServiceAccount list `outage` times, then lists nothing and stops `source`."""
 
-    def once() -> None:
-        if len(waits) < outage:
+    def __init__(self, time: _FakeTime, outage: int) -> None:
+        self.time, self.outage = time, outage
+        self.source: KubeSource | None = None
+
+    def get_chunks(self, path: str, query: Any = None, timeout: float = 30.0) -> Iterator[bytes]:
+        if len(self.time.waits) < self.outage:
             raise ConnectionRefusedError("connection refused")
-        source._stop.set()  # back: the list and watch would run; end the test here
+        assert self.source is not None
+        self.source.stop()  # back: the list runs, the watch would follow; end the test here
+        return iter(
+            [b'{"kind":"ServiceAccountList","metadata":{"resourceVersion":"9"},"items":[]}']
+        )
 
-    source._run_loop(once, "serviceaccounts")
-    assert len(waits) == outage
-    assert max(waits) <= 3.0, "a recovered API server would go unseen for too long"
+
+def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kube, "_give_up_gil", lambda: None)
+    fake = _FakeTime()
+    outage = 40  # attempts refused while the API server is down
+    api = _RefusingAPI(fake, outage)
+    source = KubeSource(
+        IdentityStore(MutationSettings()),
+        api,  # type: ignore[arg-type]
+        None,
+        60.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
+    api.source = source
+    source.run("serviceaccounts")  # returns once stopped
+    assert len(fake.waits) == outage
+    assert max(fake.waits) <= 3.0, "a recovered API server would go unseen for too long"
+    assert fake.now > 60  # a long outage, passed without sleeping
     assert source.reconnects == {"serviceaccounts": outage}
     metrics = Metrics()
     metrics.track_reconnects(lambda: dict(source.reconnects))
@@ -351,8 +390,6 @@ class _OutageAPI:
 
 def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds() -> None:
     import time
-
-    from webhook.sources.kube import KubeSource
 
     api = _OutageAPI()
     api.up()
