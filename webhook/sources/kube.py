@@ -110,6 +110,8 @@ class KubeSource:
         api_url: str,
         config_map_namespace: str | None,
         resync_seconds: float,
+        sleep: Sleep | None = None,
+        clock: Clock = time.monotonic,
     ) -> KubeSource:
         """In-cluster config unless --kubeconfig or --kube-api is given (as upstream)."""
         from kubernetes import client
@@ -124,6 +126,8 @@ class KubeSource:
             KubeClient(client.ApiClient(configuration)),
             config_map_namespace,
             resync_seconds,
+            sleep=sleep,
+            clock=clock,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
