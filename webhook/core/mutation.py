@@ -197,15 +197,39 @@ def _env_additions(
     return [{"name": name, "value": value} for name, value in additions]
 
 
-def _env_ops(additions: list[dict[str, str]] | None) -> _EnvOps | None:
+# The encoded pieces of the recipes being built for one identity, by what they encode: the
+# Linux and Windows recipes (and the 8 env cases of each) share every piece that comes out
+# the same, which most do. Local to one `resolve` call.
+_Parts = dict[tuple[object, ...], Any]
+
+
+def _env_ops(additions: list[dict[str, str]] | None, parts: _Parts) -> _EnvOps | None:
     if additions is None:
         return None
-    if not additions:
-        return _EnvOps((), ())
-    return _EnvOps(
-        whole=_template("/env", [additions]),
-        appended=_template("/env/-", list(additions)),
-    )
+    key = ("env", *((item["name"], item["value"]) for item in additions))
+    built = parts.get(key)
+    if built is None:
+        built = parts[key] = (
+            _EnvOps(
+                whole=_template("/env", [additions]),
+                appended=_template("/env/-", list(additions)),
+            )
+            if additions
+            else _EnvOps((), ())
+        )
+    return built
+
+
+def _mount_ops(volume_name: str, mount_path: str, parts: _Parts) -> tuple[Template, Template]:
+    key = ("mount", volume_name, mount_path)
+    built = parts.get(key)
+    if built is None:
+        mount = {"name": volume_name, "readOnly": True, "mountPath": mount_path}
+        built = parts[key] = (
+            _template("/volumeMounts", [[mount]]),
+            _template("/volumeMounts/-", [mount]),
+        )
+    return built
 
 
 def _injection(
@@ -216,20 +240,21 @@ def _injection(
     mount_path: str,
     region: str,
     use_regional_sts: bool,
+    parts: _Parts,
 ) -> _Injection:
     flags = (False, True)
-    mount = {"name": volume_name, "readOnly": True, "mountPath": mount_path}
+    mount_whole, mount_appended = _mount_ops(volume_name, mount_path, parts)
     return _Injection(
         credential_names=credential_names,
         token_file_env=token_file_env,
         volume_name=volume_name,
         mount_path=mount_path,
         env_ops=tuple(  # product() yields the flags in index order: (F,F,F), (F,F,T), ...
-            _env_ops(_env_additions(have, region, use_regional_sts, credentials))
+            _env_ops(_env_additions(have, region, use_regional_sts, credentials), parts)
             for have in itertools.product(flags, flags, flags)
         ),
-        mount_whole=_template("/volumeMounts", [[mount]]),
-        mount_appended=_template("/volumeMounts/-", [mount]),
+        mount_whole=mount_whole,
+        mount_appended=mount_appended,
     )
 
 
@@ -370,7 +395,11 @@ class Recipe:
     volume_ops: tuple[str, str]
 
 
-def recipe(identity: Identity, settings: MutationSettings, windows: bool) -> Recipe:
+def recipe(
+    identity: Identity, settings: MutationSettings, windows: bool, parts: _Parts | None = None
+) -> Recipe:
+    """`parts`: pieces already encoded for this identity's other recipe, to share."""
+    parts = {} if parts is None else parts
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
         cc = settings.container_credentials
         volume_name, mount_path, token_path = cc.volume_name, cc.mount_path, cc.token_path
@@ -402,13 +431,24 @@ def recipe(identity: Identity, settings: MutationSettings, windows: bool) -> Rec
             mount_path,
             settings.aws_default_region,
             identity.use_regional_sts,
+            parts,
         ),
         expiration=expiration,
-        volume_ops=(
-            _volume_op(volume_name, identity.audience, expiration, token_path, False),
-            _volume_op(volume_name, identity.audience, expiration, token_path, True),
-        ),
+        volume_ops=_volume_ops(volume_name, identity.audience, expiration, token_path, parts),
     )
+
+
+def _volume_ops(
+    volume_name: str, audience: str, expiration: int, token_path: str, parts: _Parts
+) -> tuple[str, str]:
+    key = ("volume", volume_name, audience, expiration, token_path)
+    built = parts.get(key)
+    if built is None:
+        built = parts[key] = (
+            _volume_op(volume_name, audience, expiration, token_path, False),
+            _volume_op(volume_name, audience, expiration, token_path, True),
+        )
+    return built
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,10 +468,11 @@ def resolve(lookup: Lookup, settings: MutationSettings) -> Resolution:
     identity = resolve_identity(lookup, settings)
     if identity is None:
         return Resolution(settings, None, None, False)
+    parts: _Parts = {}  # the two recipes share what encodes the same
     return Resolution(
         settings,
         identity,
-        (recipe(identity, settings, False), recipe(identity, settings, True)),
+        (recipe(identity, settings, False, parts), recipe(identity, settings, True, parts)),
         bool(identity.warnings)
         or (identity.mode is Mode.WEB_IDENTITY and not is_valid_role_arn(identity.role_arn)),
     )
