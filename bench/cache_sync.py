@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson
 
 from webhook.core.settings import MutationSettings
-from webhook.sources.kube import PAGE_SIZE, QPS, KubeSource
+from webhook.sources.kube import PAGE_SIZE, KubeSource
+from webhook.sources.kube_client import QPS
 from webhook.sources.store import IdentityStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client as k8s_client
 
-from webhook.sources.kube import KubeAPIError, KubeClient, status_message
+from webhook.sources.kube_client import KubeAPIError, KubeClient, status_message
 
 FORBIDDEN = {
     "kind": "Status",

@@ -4,6 +4,7 @@ between slices of a page, and the same entries as a full decode would give."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import sys
 import threading
@@ -14,9 +15,9 @@ import orjson
 import pytest
 
 from webhook.core.settings import MutationSettings
-from webhook.sources import kube
-from webhook.sources.kube import (
-    KubeSource,
+from webhook.sources import kube, kube_lists, kube_watch
+from webhook.sources.kube import KubeSource
+from webhook.sources.kube_lists import (
     ListFormatError,
     PageMeta,
     decode_service_account_page,
@@ -151,7 +152,7 @@ def test_a_page_split_into_slices_gives_exactly_the_accounts_of_a_whole_decode()
     # Text that looks like an item boundary inside a string: JSON escapes its quotes.
     items[7]["metadata"]["annotations"]["note"] = '},{"metadata":{"name":"fake"}}'
     body = page(items, "more", "12")
-    token, version, slices = kube.split_service_account_page(body, 50)
+    token, version, slices = kube_lists.split_service_account_page(body, 50)
     chunks = list(slices)
     assert (token, version) == ("more", "12")
     assert [len(c) for c in chunks] == [50, 50, 23]
@@ -170,7 +171,7 @@ def test_a_page_split_into_slices_gives_exactly_the_accounts_of_a_whole_decode()
     ids=["indented", "items first", "trailing newline"],
 )
 def test_any_other_layout_of_the_page_is_decoded_whole_or_sliced_alike(body: bytes) -> None:
-    token, _, slices = kube.split_service_account_page(body, 2)
+    token, _, slices = kube_lists.split_service_account_page(body, 2)
     assert token == "t"
     assert [a for c in slices for a in c] == decode_service_account_page(body)[0]
     assert len(decode_service_account_page(body)[0]) == 5
@@ -182,7 +183,7 @@ def test_a_slice_that_fails_to_decode_falls_back_to_the_whole_page_for_the_rest(
     items = [account(i) for i in range(6)]
     items[3]["extra"] = [{"metadata": {"a": "b"}}, {"metadata": {"c": "d"}}]
     body = page(items)
-    _, _, slices = kube.split_service_account_page(body, 2)
+    _, _, slices = kube_lists.split_service_account_page(body, 2)
     assert [a for c in slices for a in c] == decode_service_account_page(body)[0]
 
 
@@ -219,8 +220,8 @@ def test_a_streamed_list_in_another_layout_is_read_whole_and_decoded_alike(body:
     assert meta.continue_token == decode_service_account_page(body)[1]
 
 
-def test_a_streamed_list_that_turns_odd_halfway_raises_and_the_source_then_reads_lists_whole(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_streamed_list_that_turns_odd_halfway_is_listed_again_at_once_read_whole(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     items = [account(i) for i in range(120)]
     # The first slice cut (the 50th separator) lands inside item 49, on a lookalike.
@@ -233,12 +234,22 @@ def test_a_streamed_list_that_turns_odd_halfway_raises_and_the_source_then_reads
     store = IdentityStore(MutationSettings())
     api = PagedAPI(0)
     api.items = items
+    swaps: list[int] = []
+    replace = store.replace_service_accounts
+
+    def counted(accounts: Any) -> None:
+        replace(accounts)
+        swaps.append(store.service_account_count)
+
+    monkeypatch.setattr(store, "replace_service_accounts", counted)
     source = KubeSource(store, api, config_map_namespace=None, resync_seconds=0)  # type: ignore[arg-type]
-    with pytest.raises(ListFormatError):
-        source._list_service_accounts()
-    assert store.service_account_count == 0  # nothing half-listed was swapped in
-    source._list_service_accounts()  # the retry: whole pages
-    assert store.service_account_count == 120
+    caplog.set_level(logging.WARNING, logger="webhook.kube")
+    assert source._list_service_accounts() == str(1000 + 120)
+    assert swaps == [120]  # nothing half-listed was swapped in, then the whole list
+    assert len(api.queries) == 2  # streamed, then read whole
+    assert caplog.records[0].getMessage().startswith("a ServiceAccount list looked odd halfway")
+    source._list_service_accounts()  # the next list streams again (no sticky mode)
+    assert len(api.queries) == 4 and swaps == [120, 120]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
@@ -246,13 +257,13 @@ def test_the_list_and_watch_threads_run_nicer_than_the_event_loop_thread() -> No
     seen: list[int] = []
 
     def thread() -> None:
-        kube._lower_priority()
+        kube_watch.lower_priority()
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     worker = threading.Thread(target=thread)
     worker.start()
     worker.join()
-    kube._lower_priority()  # on the main thread: no effect
+    kube_watch.lower_priority()  # on the main thread: no effect
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
-    assert seen == [min(19, main_before + kube.THREAD_NICENESS)]
+    assert seen == [min(19, main_before + kube_watch.THREAD_NICENESS)]

@@ -5,6 +5,7 @@ server used before and still falls back to for bad input: same answers, byte for
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Iterator
@@ -147,6 +148,42 @@ def test_the_typed_decoder_accepts_a_pod_only_when_the_full_check_does(p: dict[s
     assert fast == full
 
 
+@settings(max_examples=500, deadline=None)
+@given(damaged_pods())
+def test_the_full_check_accepts_a_pod_only_when_the_typed_decoder_does(p: dict[str, Any]) -> None:
+    # With the one above: both derive from wire.PodIn, so they agree both ways.
+    body = json.dumps(admission_review(p)).encode()
+    if pod_shape_error(p) is None:
+        msgspec.json.decode(body, type=AdmissionReviewIn)  # raises on disagreement
+    else:
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(body, type=AdmissionReviewIn)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # Each list's items' own fields are checked before any item's lists.
+        (
+            {"containers": [{"name": "a", "env": 1}, {"name": 2}]},
+            "spec.containers[1].name must be a string",
+        ),
+        ({"volumes": [{}, 3], "os": 1}, "spec.volumes[1] must be an object"),
+        ({"os": {"name": None}}, "spec.os must be an object with a string name"),
+        ({"os": []}, "spec.os must be an object with a string name"),
+        ({"nodeSelector": {"k": 1}}, "spec.nodeSelector['k'] must be a string"),
+        (
+            {"initContainers": [{"volumeMounts": [{"name": 1}]}]},
+            "spec.initContainers[0].volumeMounts[0].name must be a string",
+        ),
+    ],
+)
+def test_the_first_offending_field_is_named_in_schema_order(
+    spec: dict[str, Any], message: str
+) -> None:
+    assert pod_shape_error({"spec": spec}) == message
+
+
 def test_a_pod_with_a_wrong_type_is_denied_naming_the_field_as_before() -> None:
     body = orjson.dumps(admission_review(pod(container(env={"A": "1"}))))
     answer = orjson.loads(review(body, store_with(), MutationSettings()).body)["response"]
@@ -228,17 +265,46 @@ def test_the_allowed_answer_is_what_encoding_the_response_writes(
 # -- remembered work --------------------------------------------------------------------------
 
 
-def test_a_resolved_identity_is_remembered_per_settings() -> None:
+def test_the_core_remembers_nothing_resolving_twice_gives_equal_fresh_values() -> None:
     from webhook.core.identity import resolve_identity
+    from webhook.core.mutation import resolve
 
     entry = entry_from_annotations({ROLE_ANNOTATION: ROLE}, MutationSettings())
     lookup = Lookup(service_account=entry)
-    first, other = MutationSettings(), MutationSettings(token_audience="other")
-    remembered = resolve_identity(lookup, first)
-    assert remembered is not None and resolve_identity(lookup, first) is remembered
-    again = resolve_identity(lookup, other)  # other settings: resolved anew
-    assert again is not remembered and again == remembered
-    assert lookup == Lookup(service_account=entry)  # the memo is not part of the value
+    settings = MutationSettings()
+    first, second = resolve_identity(lookup, settings), resolve_identity(lookup, settings)
+    assert first is not None and first == second and first is not second
+    assert resolve(lookup, settings) == resolve(lookup, settings)
+    assert lookup.resolution is None  # nothing was kept on the lookup
+
+
+def test_the_store_resolves_once_per_service_account_entry_under_its_settings() -> None:
+    from webhook.core.mutation import resolution_for
+
+    store = store_with(app={ROLE_ANNOTATION: ROLE})
+    lookup = store.lookup("default", "app")
+    kept = lookup.resolution
+    assert kept is not None and kept.settings is store.settings
+    assert kept.identity is not None and kept.identity.role_arn == ROLE
+    assert resolution_for(lookup, store.settings) is kept  # a review derives nothing
+    other = MutationSettings(token_audience="other")
+    fresh = resolution_for(lookup, other)  # other settings: resolved anew, nothing kept
+    assert fresh is not kept and fresh.identity is not None
+    assert fresh.settings is other and store.lookup("default", "app").resolution is kept
+    store.put_service_account("default", "app", {ROLE_ANNOTATION: ROLE + "-2"})
+    updated = store.lookup("default", "app").resolution  # invalidated with the entry
+    assert updated is not None and updated.identity is not None
+    assert updated.identity.role_arn == ROLE + "-2"
+
+
+def test_a_review_under_other_settings_than_the_stores_uses_its_own() -> None:
+    store = store_with(app={ROLE_ANNOTATION: ROLE})
+    regional = MutationSettings(aws_default_region="eu-west-1")
+    body = orjson.dumps(admission_review(pod()))
+    answer = orjson.loads(review(body, store, regional).body)["response"]
+    patch = orjson.loads(base64.b64decode(answer["patch"]))
+    env = [op["value"] for op in patch if op["path"].endswith("/env")]
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in env[0]
 
 
 def test_planning_for_one_identity_under_other_settings_uses_those_settings() -> None:

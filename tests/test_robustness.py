@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from webhook.server.app import WebhookContext, create_webhook_app
 from webhook.server.grace import GraceLookup
 from webhook.server.metrics import Metrics
 from webhook.server.tls import CertificateReloader, server_context
+from webhook.sources import kube
+from webhook.sources.kube import KubeSource
 from webhook.sources.store import IdentityStore
 
 from .builders import ROLE, admission_review, pod
@@ -249,32 +252,68 @@ def test_the_watch_backoff_is_jittered_and_never_waits_more_than_3s() -> None:
     assert low.next_delay() == pytest.approx(0.1)
 
 
-def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_counted() -> None:
-    import threading
+class _FakeTime:
+    """The retry loops' clock and sleep: each wait returns at once and moves the clock on by
+    its length. Once the clock has reached `hold_at`, the next wait first blocks (in real
+    time) until `release` is set, so a test can change the world at that instant."""
 
-    from webhook.sources.kube import KubeSource
+    def __init__(self, hold_at: float = float("inf")) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.hold_at = hold_at
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.stopped = False
 
-    source = KubeSource(IdentityStore(MutationSettings()), None, None, 60.0)  # type: ignore[arg-type]
-    waits: list[float] = []
+    def clock(self) -> float:
+        return self.now
 
-    class Clock(threading.Event):
-        """The loop's stop event, recording each wait instead of sleeping."""
+    def sleep(self, seconds: float) -> bool:
+        if self.now >= self.hold_at and not self.release.is_set():
+            self.holding.set()
+            self.release.wait(10)
+        self.waits.append(seconds)
+        self.now += seconds
+        return self.stopped
 
-        def wait(self, timeout: float | None = None) -> bool:
-            waits.append(float(timeout or 0))
-            return False
 
-    source._stop = Clock()
-    outage = 40  # attempts refused while the API server is down
+class _RefusingAPI:
+    """Refuses the ServiceAccount list `outage` times, then lists nothing and stops `source`."""
 
-    def once() -> None:
-        if len(waits) < outage:
+    def __init__(self, time: _FakeTime, outage: int) -> None:
+        self.time, self.outage = time, outage
+        self.source: KubeSource | None = None
+
+    def get_chunks(self, path: str, query: Any = None, timeout: float = 30.0) -> Iterator[bytes]:
+        if len(self.time.waits) < self.outage:
             raise ConnectionRefusedError("connection refused")
-        source._stop.set()  # back: the list and watch would run; end the test here
+        assert self.source is not None
+        self.source.stop()  # back: the list runs, the watch would follow; end the test here
+        return iter(
+            [b'{"kind":"ServiceAccountList","metadata":{"resourceVersion":"9"},"items":[]}']
+        )
 
-    source._run_loop(once, "serviceaccounts")
-    assert len(waits) == outage
-    assert max(waits) <= 3.0, "a recovered API server would go unseen for too long"
+
+def test_after_a_long_api_server_outage_retries_stay_seconds_apart_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kube, "_give_up_gil", lambda: None)
+    fake = _FakeTime()
+    outage = 40  # attempts refused while the API server is down
+    api = _RefusingAPI(fake, outage)
+    source = KubeSource(
+        IdentityStore(MutationSettings()),
+        api,  # type: ignore[arg-type]
+        None,
+        60.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
+    api.source = source
+    source.run("serviceaccounts")  # returns once stopped
+    assert len(fake.waits) == outage
+    assert max(fake.waits) <= 3.0, "a recovered API server would go unseen for too long"
+    assert fake.now > 60  # a long outage, passed without sleeping
     assert source.reconnects == {"serviceaccounts": outage}
     metrics = Metrics()
     metrics.track_reconnects(lambda: dict(source.reconnects))
@@ -350,10 +389,10 @@ class _OutageAPI:
 
 
 def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds() -> None:
-    import time
-
-    from webhook.sources.kube import KubeSource
-
+    # 12 s of outage on the injected clock: long enough for a 30s-capped exponential backoff
+    # (upstream's) to reach ~10s steps. Ours is capped at 3 s, so the first retry after the
+    # API server is back comes at most 3 s later (the real time taken is a fraction of that).
+    fake = _FakeTime(hold_at=12.0)
     api = _OutageAPI()
     api.up()
     store = IdentityStore(MutationSettings())
@@ -363,22 +402,27 @@ def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds
         api_url=f"http://127.0.0.1:{api.port}",
         config_map_namespace=None,
         resync_seconds=60,
+        sleep=fake.sleep,
+        clock=fake.clock,
     )
     source.start()
     try:
         wait_until(source.synced, 10, "the first list")
         api.down()
-        time.sleep(12)  # long enough for a 30s-capped exponential backoff to reach ~10s steps
+        assert fake.holding.wait(10), "the watch did not retry through 12 s of outage"
         api.accounts.append("created-during-the-outage")
         api.up()
-        back = time.monotonic()
+        back = fake.now
+        fake.release.set()
         wait_until(
             lambda: store.lookup("default", "created-during-the-outage").service_account,
             10,
             "the ServiceAccount created during the outage",
         )
-        assert time.monotonic() - back < 4.5, "the watch came back too late after the outage"
+        assert fake.now - back <= 3.0, "the watch came back too late after the outage"
         assert source.reconnects["serviceaccounts"] >= 4  # counted for the metric
     finally:
+        fake.stopped = True
+        fake.release.set()
         source.stop()
         api.down()

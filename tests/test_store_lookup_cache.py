@@ -1,4 +1,4 @@
-"""The store hands out the same Lookup (with the identity resolved on it) while nothing
+"""The store hands out the same Lookup (with its Resolution: identity and recipes) while nothing
 changes, and never an outdated one after any source writes."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 from tests.builders import container, mutate, web_identity
 from webhook.cli import main
 from webhook.core.settings import MutationSettings, RoleArnComposition
-from webhook.sources.kube import KubeAPIError
+from webhook.sources.kube_client import KubeAPIError
 from webhook.toolkit import audit_cluster
 from webhook.toolkit.audit import (
     AuditReport,

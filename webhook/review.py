@@ -19,8 +19,14 @@ import msgspec
 import orjson
 import pybase64
 
-from webhook.core.identity import Identity, Lookup, Mode, resolve_identity
-from webhook.core.mutation import Plan, identity_warnings, plan_mutation
+from webhook.core.identity import Lookup, Mode
+from webhook.core.mutation import (
+    Plan,
+    container_count_error,
+    identity_warnings,
+    plan_mutation,
+    resolution_for,
+)
 from webhook.core.podshape import pod_shape_error
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
@@ -239,6 +245,8 @@ def _no_identity_reason(pending: PendingReview, lookup: Lookup, settings: Mutati
 
 
 # One pass over the bytes that builds only what a mutation reads (see wire.AdmissionReviewIn).
+# orjson's nesting limit (its documented "recursion limit": arrays and objects 1,024 deep).
+JSON_MAX_DEPTH = 1024
 _READ_REVIEW = msgspec.json.Decoder(AdmissionReviewIn)
 
 
@@ -250,13 +258,25 @@ def parse_review(body: bytes) -> PendingReview | Outcome:
         typed = _READ_REVIEW.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         pass
+    except RecursionError:
+        # msgspec recurses on the C stack, checked against Python's recursion limit (~1,000
+        # levels, fewer the deeper the caller): a value nested that deep, even in a field we
+        # skip, lands here. orjson below has a fixed limit of its own (1,024 levels).
+        pass
     else:
         return _route_pod_create(typed)
-    # Rare: a field of the wrong type or broken JSON. Read it in full, as before the fast
-    # path existed, so the denial names the field (or the JSON error) the same way.
+    # Rare: a field of the wrong type, broken JSON or deep nesting. Read it in full, as before
+    # the fast path existed, so the denial names the field (or the JSON error) the same way.
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as err:
+        if str(err).startswith("depth limit exceeded"):
+            # No pod nests this deep: the API server prunes unknown fields. Only replayed or
+            # hostile input does; it gets an answer, never an internal error (upstream answers).
+            return reject(
+                f"cannot decode body as JSON: it nests more than {JSON_MAX_DEPTH} levels deep "
+                f"({err})"
+            )
         return reject(f"cannot decode body as JSON: {err}")
     return _route(review, shape_checked=False)
 
@@ -356,18 +376,33 @@ _METHOD = {mode: mode.value for mode in Mode}  # Enum.value is a slow property l
 
 @_logged_finish
 def finish_review(pending: PendingReview, lookup: Lookup, settings: MutationSettings) -> Outcome:
-    identity: Identity | None = resolve_identity(lookup, settings)
+    # Resolved once per ServiceAccount entry by the store, under the server's settings.
+    resolution = resolution_for(lookup, settings)
+    identity = resolution.identity
     if identity is None:
         reason = _no_identity_reason(pending, lookup, settings)
         outcome = _allow(pending.api_version, pending.uid, reason)
         outcome.missing_service_account = (
             lookup.service_account is None and lookup.config_map is None
         )
+    elif (too_large := container_count_error(pending.pod)) is not None:
+        # Bounded work per review: denied before planning, so one request cannot stall every
+        # other pod's admission (the denial is logged with the pod's names, as every denial).
+        outcome = reject(f"cannot mutate pod: {too_large}", pending.api_version, pending.uid)
     else:
         plan: Plan = plan_mutation(
-            pending.pod, pending.namespace, identity, settings, lambda: uid_jitter(pending.uid)
+            pending.pod,
+            pending.namespace,
+            identity,
+            settings,
+            lambda: uid_jitter(pending.uid),
+            resolution.recipes,
         )
-        warnings = identity_warnings(identity, pending.namespace, pending.service_account)
+        warnings = (
+            identity_warnings(identity, pending.namespace, pending.service_account)
+            if resolution.warns
+            else []
+        )
         if plan.warnings:
             warnings += plan.warnings
         patch = plan.patch

@@ -8,10 +8,10 @@ container credentials, then the ServiceAccount's role annotation, then the Confi
 from __future__ import annotations
 
 import enum
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from webhook.core.gocompat import parse_bool, parse_int64
 from webhook.core.settings import (
@@ -21,11 +21,13 @@ from webhook.core.settings import (
     expiration_warning,
 )
 
+if TYPE_CHECKING:
+    from webhook.core.mutation import Resolution
+
 # Upstream's validity check, with Go RE2 semantics: ASCII \d and \w, `$` only at the very end.
 _ROLE_ARN = re.compile(r"^arn:aws[a-z0-9-]*:iam::\d{12}:role/[\w\-/.@+=,]+\Z", re.ASCII)
 
 
-@functools.lru_cache(maxsize=4096)  # asked on every review; the same few ARNs each time
 def is_valid_role_arn(arn: str) -> bool:
     return _ROLE_ARN.match(arn) is not None
 
@@ -118,11 +120,10 @@ class Lookup:
     config_map: IdentityEntry | None = None  # best ConfigMap match: exact, glob, then `*`
     config_map_exact: IdentityEntry | None = None  # exact-namespace ConfigMap key only
     container_credentials: bool = False
-    # resolve_identity's answer for this lookup, kept with it (settings, identity): the store
-    # hands out the same Lookup until a source changes, so most reviews resolve nothing.
-    resolved: tuple[MutationSettings, Identity | None] | None = field(
-        default=None, compare=False, repr=False
-    )
+    # What a review derives from this lookup alone (mutation.resolve), when whoever built the
+    # lookup computed it (the store, once per ServiceAccount entry). Set at construction and
+    # never changed; not part of the value.
+    resolution: Resolution | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +135,6 @@ class Identity:
     use_regional_sts: bool
     token_expiration: int  # before the pod's own token-expiration annotation
     warnings: tuple[str, ...] = ()  # about the ServiceAccount's or ConfigMap's settings
-    # What planning derives from this identity alone, kept with it by the planner (a cache:
-    # identities live as long as their lookup, so most reviews derive nothing).
-    prepared: dict[object, object] = field(
-        default_factory=dict, compare=False, repr=False, hash=False
-    )
 
 
 def _warnings(*candidates: str | None) -> tuple[str, ...]:
@@ -146,16 +142,7 @@ def _warnings(*candidates: str | None) -> tuple[str, ...]:
 
 
 def resolve_identity(lookup: Lookup, settings: MutationSettings) -> Identity | None:
-    """Which identity `lookup` gives under `settings` (remembered on the lookup: it is pure)."""
-    resolved = lookup.resolved
-    if resolved is not None and resolved[0] is settings:
-        return resolved[1]
-    identity = _resolve(lookup, settings)
-    object.__setattr__(lookup, "resolved", (settings, identity))  # a cache, not a change
-    return identity
-
-
-def _resolve(lookup: Lookup, settings: MutationSettings) -> Identity | None:
+    """Which identity `lookup` gives under `settings`."""
     if lookup.container_credentials:
         # Only STS and expiration carry over; a role ARN is irrelevant in this mode.
         common = lookup.service_account or lookup.config_map_exact

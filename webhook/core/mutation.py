@@ -7,7 +7,6 @@ Order of additions, names and defaults follow upstream so swapped binaries produ
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,14 @@ from typing import Any
 import orjson
 
 from webhook.core.gocompat import csv_first_record, join_path
-from webhook.core.identity import Identity, Mode, is_valid_role_arn, parse_expiration
+from webhook.core.identity import (
+    Identity,
+    Lookup,
+    Mode,
+    is_valid_role_arn,
+    parse_expiration,
+    resolve_identity,
+)
 from webhook.core.settings import (
     DEFAULT_TOKEN_EXPIRATION,
     POD_IDENTITY_LABEL,
@@ -115,7 +121,6 @@ def is_windows(spec: Mapping[str, Any]) -> bool:
     return bool(os_field and os_field.get("name") == "windows")
 
 
-@functools.lru_cache(maxsize=64)
 def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
     path = join_path(mount_path, token_path)
     if windows:
@@ -124,7 +129,8 @@ def _token_file(mount_path: str, token_path: str, windows: bool) -> str:
 
 
 # The patch is written as JSON text directly: every value we add is known per identity, so it
-# is encoded once (orjson, cached) and a review only fills in the container paths. The text is
+# is encoded once (orjson, in the identity's Recipe) and a review only fills in the container
+# paths. The text is
 # exactly what orjson.dumps writes for the same operations (tests/test_mutation.py checks).
 # A template is a tuple of text segments with a container's path going between them.
 Template = tuple[str, ...]
@@ -159,7 +165,7 @@ class _EnvOps:
 @dataclass(frozen=True, slots=True)
 class _Injection:
     """What each container should receive, the same for every pod of one identity: built once
-    (cached), so a review only picks the env operations that apply and fills in paths."""
+    (in the Recipe), so a review only picks the env operations that apply and fills in paths."""
 
     credential_names: frozenset[str]
     token_file_env: str  # the variable naming the token file
@@ -191,18 +197,41 @@ def _env_additions(
     return [{"name": name, "value": value} for name, value in additions]
 
 
-def _env_ops(additions: list[dict[str, str]] | None) -> _EnvOps | None:
+# The encoded pieces of the recipes being built for one identity, by what they encode: the
+# Linux and Windows recipes (and the 8 env cases of each) share every piece that comes out
+# the same, which most do. Local to one `resolve` call.
+_Parts = dict[tuple[object, ...], Any]
+
+
+def _env_ops(additions: list[dict[str, str]] | None, parts: _Parts) -> _EnvOps | None:
     if additions is None:
         return None
-    if not additions:
-        return _EnvOps((), ())
-    return _EnvOps(
-        whole=_template("/env", [additions]),
-        appended=_template("/env/-", list(additions)),
-    )
+    key = ("env", *((item["name"], item["value"]) for item in additions))
+    built = parts.get(key)
+    if built is None:
+        built = parts[key] = (
+            _EnvOps(
+                whole=_template("/env", [additions]),
+                appended=_template("/env/-", list(additions)),
+            )
+            if additions
+            else _EnvOps((), ())
+        )
+    return built
 
 
-@functools.lru_cache(maxsize=1024)
+def _mount_ops(volume_name: str, mount_path: str, parts: _Parts) -> tuple[Template, Template]:
+    key = ("mount", volume_name, mount_path)
+    built = parts.get(key)
+    if built is None:
+        mount = {"name": volume_name, "readOnly": True, "mountPath": mount_path}
+        built = parts[key] = (
+            _template("/volumeMounts", [[mount]]),
+            _template("/volumeMounts/-", [mount]),
+        )
+    return built
+
+
 def _injection(
     credential_names: frozenset[str],
     credentials: tuple[tuple[str, str], ...],
@@ -211,24 +240,24 @@ def _injection(
     mount_path: str,
     region: str,
     use_regional_sts: bool,
+    parts: _Parts,
 ) -> _Injection:
     flags = (False, True)
-    mount = {"name": volume_name, "readOnly": True, "mountPath": mount_path}
+    mount_whole, mount_appended = _mount_ops(volume_name, mount_path, parts)
     return _Injection(
         credential_names=credential_names,
         token_file_env=token_file_env,
         volume_name=volume_name,
         mount_path=mount_path,
         env_ops=tuple(  # product() yields the flags in index order: (F,F,F), (F,F,T), ...
-            _env_ops(_env_additions(have, region, use_regional_sts, credentials))
+            _env_ops(_env_additions(have, region, use_regional_sts, credentials), parts)
             for have in itertools.product(flags, flags, flags)
         ),
-        mount_whole=_template("/volumeMounts", [[mount]]),
-        mount_appended=_template("/volumeMounts/-", [mount]),
+        mount_whole=mount_whole,
+        mount_appended=mount_appended,
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _volume_op(
     volume_name: str, audience: str, expiration: int, token_path: str, first: bool
 ) -> str:
@@ -352,22 +381,25 @@ def identity_warnings(identity: Identity, namespace: str, service_account: str) 
 
 
 @dataclass(frozen=True, slots=True)
-class _Recipe:
-    """Everything planning derives from (identity, settings, windows): built once per
-    identity and kept on it, so a review only reads the pod."""
+class Recipe:
+    """Everything planning derives from (identity, settings, windows), so that a review only
+    reads the pod: built by `recipe`, kept per ServiceAccount entry by the store (Resolution)."""
 
     container_credentials: bool
     volume_name: str
     token_path: str
     injection: _Injection
+    # The volume operation at the identity's own expiration (what most pods get), as
+    # (prepended to a volumes list, a new volumes list).
+    expiration: int
+    volume_ops: tuple[str, str]
 
 
-def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _Recipe:
-    # Keyed by windows, checked by settings identity (hashing the settings costs more than
-    # the recipe saves); other settings simply replace the entry.
-    kept = identity.prepared.get(windows)
-    if isinstance(kept, tuple) and kept[0] is settings:
-        return kept[1]  # type: ignore[no-any-return]
+def recipe(
+    identity: Identity, settings: MutationSettings, windows: bool, parts: _Parts | None = None
+) -> Recipe:
+    """`parts`: pieces already encoded for this identity's other recipe, to share."""
+    parts = {} if parts is None else parts
     if identity.mode is Mode.CONTAINER_CREDENTIALS:
         cc = settings.container_credentials
         volume_name, mount_path, token_path = cc.volume_name, cc.mount_path, cc.token_path
@@ -386,7 +418,8 @@ def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _R
         token_file = _token_file(mount_path, token_path, windows)
         credentials = ((ROLE_ARN, identity.role_arn), (WEB_IDENTITY_TOKEN_FILE, token_file))
         credential_names, token_file_env = _WEB_IDENTITY_PAIR, WEB_IDENTITY_TOKEN_FILE
-    recipe = _Recipe(
+    expiration = identity.token_expiration
+    return Recipe(
         container_credentials=identity.mode is Mode.CONTAINER_CREDENTIALS,
         volume_name=volume_name,
         token_path=token_path,
@@ -398,10 +431,82 @@ def _recipe(identity: Identity, settings: MutationSettings, windows: bool) -> _R
             mount_path,
             settings.aws_default_region,
             identity.use_regional_sts,
+            parts,
         ),
+        expiration=expiration,
+        volume_ops=_volume_ops(volume_name, identity.audience, expiration, token_path, parts),
     )
-    identity.prepared[windows] = (settings, recipe)
-    return recipe
+
+
+def _volume_ops(
+    volume_name: str, audience: str, expiration: int, token_path: str, parts: _Parts
+) -> tuple[str, str]:
+    key = ("volume", volume_name, audience, expiration, token_path)
+    built = parts.get(key)
+    if built is None:
+        built = parts[key] = (
+            _volume_op(volume_name, audience, expiration, token_path, False),
+            _volume_op(volume_name, audience, expiration, token_path, True),
+        )
+    return built
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a review derives from a Lookup alone under `settings`: the identity, its recipes
+    for Linux and Windows pods, and whether identity_warnings has anything to say. Pure data,
+    computed by `resolve`; the store keeps one per ServiceAccount entry (on the Lookup it hands
+    out), so most reviews derive nothing."""
+
+    settings: MutationSettings
+    identity: Identity | None
+    recipes: tuple[Recipe, Recipe] | None  # by windows: (Linux, Windows)
+    warns: bool
+
+
+def resolve(lookup: Lookup, settings: MutationSettings) -> Resolution:
+    identity = resolve_identity(lookup, settings)
+    if identity is None:
+        return Resolution(settings, None, None, False)
+    parts: _Parts = {}  # the two recipes share what encodes the same
+    return Resolution(
+        settings,
+        identity,
+        (recipe(identity, settings, False, parts), recipe(identity, settings, True, parts)),
+        bool(identity.warnings)
+        or (identity.mode is Mode.WEB_IDENTITY and not is_valid_role_arn(identity.role_arn)),
+    )
+
+
+def resolution_for(lookup: Lookup, settings: MutationSettings) -> Resolution:
+    """The lookup's own Resolution when it was made under these very settings, else a new one."""
+    kept = lookup.resolution
+    if kept is not None and kept.settings is settings:
+        return kept
+    return resolve(lookup, settings)
+
+
+# The most containers (initContainers and containers together) one review may mutate. Each
+# container costs a few µs and ~550 bytes of answer, so 1,000,000 empty ones (a 3 MB review)
+# took 5-6 s of the event loop and a 553 MB answer. No pod the API server can store comes near
+# this: etcd takes objects up to 1.5 MiB by default (--max-request-bytes), and a container as
+# stored after our patch (name, image, the defaulted terminationMessagePath/-Policy and
+# imagePullPolicy, our two env vars and the mount) is over 250 bytes even in protobuf, so
+# ~6,000 containers at the default and ~40,000 with etcd raised to 10 MiB. At this ceiling a
+# review costs ~0.3 s and a ~27 MB answer, once, then it is denied.
+MAX_CONTAINERS = 50_000
+
+
+def container_count_error(pod: Pod) -> str | None:
+    """Why `pod` is too large to mutate (too many containers), or None. O(1)."""
+    spec = pod.get("spec") or {}
+    count = len(spec.get("initContainers") or ()) + len(spec.get("containers") or ())
+    if count <= MAX_CONTAINERS:
+        return None
+    return (
+        f"pod has {count} containers and initContainers, more than the {MAX_CONTAINERS} one "
+        "review may mutate (no pod the API server can store has that many)"
+    )
 
 
 def plan_mutation(
@@ -410,8 +515,10 @@ def plan_mutation(
     identity: Identity,
     settings: MutationSettings,
     jitter: Jitter,
+    recipes: tuple[Recipe, Recipe] | None = None,
 ) -> Plan:
-    """The additions that give `pod` its identity. Pure: same inputs, same plan."""
+    """The additions that give `pod` its identity. Pure: same inputs, same plan. `recipes`:
+    the identity's (Resolution.recipes), when the caller has them already."""
     annotations = pod_annotations(pod)
     spec = pod.get("spec") or {}
     expiration, expiration_note = token_expiration_for(identity, annotations, settings, jitter)
@@ -419,16 +526,17 @@ def plan_mutation(
     warnings: list[str] = []
     if expiration_note:
         warnings.append(f"pod-identity-webhook: {expiration_note}")
-    recipe = _recipe(identity, settings, is_windows(spec))
+    windows = is_windows(spec)
+    chosen = recipes[windows] if recipes is not None else recipe(identity, settings, windows)
 
-    if recipe.container_credentials:
+    if chosen.container_credentials:
         labels = (pod.get("metadata") or {}).get("labels")
         if labels is None:
             ops.append(_LABEL_OPS[0])
         elif labels.get(POD_IDENTITY_LABEL) != "enabled":
             ops.append(_LABEL_OPS[1])
 
-    volume_name = recipe.volume_name
+    volume_name = chosen.volume_name
     volumes = spec.get("volumes")
     has_volume = False
     for volume in volumes or ():
@@ -436,13 +544,14 @@ def plan_mutation(
             has_volume = True
             break
     if not has_volume:
+        first = volumes is None
         ops.append(
-            _volume_op(
-                volume_name, identity.audience, expiration, recipe.token_path, volumes is None
-            )
+            chosen.volume_ops[first]
+            if expiration == chosen.expiration
+            else _volume_op(volume_name, identity.audience, expiration, chosen.token_path, first)
         )
 
-    injection = recipe.injection
+    injection = chosen.injection
     skip = (
         containers_to_skip(annotations, settings)
         if annotations and settings.skip_containers_key in annotations

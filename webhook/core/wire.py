@@ -5,7 +5,8 @@ Pods stay raw JSON data end to end so that fields unknown to us survive untouche
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 JSON = Any
 Pod = dict[str, Any]
@@ -52,10 +53,18 @@ class AdmissionReviewResponse(TypedDict):
 # The fields of an AdmissionReview a mutation reads, and nothing else: the review decoder
 # builds these and skips every other field without materialising it (a pod's managedFields,
 # probes, resources... are never built). Every key is optional, and null reads as absent, as
-# Go's encoding/json has it. The types are the Pod schema's for the fields
-# `podshape.pod_shape_error` checks; a value of another type fails the typed decode, and the
-# review is then read in full so that the denial names the field exactly as before.
-# Fields typed `Any` are read but checked by the code that uses them.
+# Go's encoding/json has it. The pod's types (PodIn and below) are the Pod schema's, and the
+# one description of them: the typed decode reads them, and `podshape.pod_shape_error`
+# derives from them the check that names the offending field when the typed decode refused a
+# body (it is then read in full). Fields typed `Any` are read but checked by the code that
+# uses them. Declaration order is the order in which fields are checked (see podshape).
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeMessage:
+    """In Annotated[...]: the denial for any wrong type in this field (ignored by msgspec)."""
+
+    text: str
 
 
 class NamedIn(TypedDict, total=False):
@@ -86,8 +95,8 @@ class PodOSIn(TypedDict, total=False):
 class PodSpecIn(TypedDict, total=False):
     serviceAccountName: str | None
     nodeSelector: dict[str, str] | None
-    os: PodOSIn | None
     volumes: list[NamedIn] | None
+    os: Annotated[PodOSIn | None, ShapeMessage("spec.os must be an object with a string name")]
     initContainers: list[ContainerIn] | None
     containers: list[ContainerIn] | None
 

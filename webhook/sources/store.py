@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 from webhook.core.configmap import EMPTY_INDEX, ConfigMapIndex
 from webhook.core.identity import IdentityEntry, Lookup, entry_from_annotations
+from webhook.core.mutation import resolve
 from webhook.core.settings import MutationSettings
 
 log = logging.getLogger("webhook.store")
@@ -50,13 +52,15 @@ class IdentityStore:
         self._refills: list[tuple[str, Refill]] = []
         self._refill_lock = threading.Lock()
         self._used = False
-        # The hot path hands out the same Lookup object (and its resolved identity) until what
-        # it was built from changes. Each kept Lookup carries the generation it was built in
-        # (bumped after every whole-cache change: a relist, the ConfigMap, container
-        # credentials, a clear) and the ServiceAccount entry object it saw (a write to that
-        # ServiceAccount replaces the object). Both are read before the data, so a Lookup
-        # built from older data is never served again, however a read and a write interleave,
-        # and a ServiceAccount update invalidates only its own Lookup.
+        # The hot path hands out the same Lookup object until what it was built from changes,
+        # with what a review derives from it alone (mutation.resolve under these settings: the
+        # identity and its patch recipes) computed once, when the Lookup is built: the memo
+        # lives here, per ServiceAccount entry, and goes with it. Each kept Lookup carries the
+        # generation it was built in (bumped after every whole-cache change: a relist, the
+        # ConfigMap, container credentials, a clear) and the ServiceAccount entry object it saw
+        # (a write to that ServiceAccount replaces the object). Both are read before the data,
+        # so a Lookup built from older data is never served again, however a read and a write
+        # interleave, and a ServiceAccount update invalidates only its own Lookup.
         self._generation = 0
         self._lookups: dict[str, tuple[int, IdentityEntry | None, Lookup]] = {}
 
@@ -70,7 +74,7 @@ class IdentityStore:
         if cached is not None and cached[0] == generation and cached[1] is entry:
             return cached[2]
         config_map = self._config_map
-        lookup = Lookup(
+        found = Lookup(
             service_account=entry,
             config_map=config_map.lookup(namespace, service_account) if config_map else None,
             config_map_exact=(
@@ -78,6 +82,7 @@ class IdentityStore:
             ),
             container_credentials=(namespace, service_account) in self._container_credentials,
         )
+        lookup = replace(found, resolution=resolve(found, self.settings))
         lookups = self._lookups
         if len(lookups) >= LOOKUP_CACHE_SIZE:
             lookups.clear()

@@ -1,8 +1,8 @@
 """Cluster I/O for `audit`: paginated lists, owner lookups and `rollout restart` patches.
 
-Requests go through `webhook.sources.kube.KubeClient` (the kubernetes client's configuration:
-kubeconfig, in-cluster service account, exec plugins, TLS; its rate limiter) as raw JSON, with
-no model classes.
+Requests go through `webhook.sources.kube_client.KubeClient` (the kubernetes client's
+configuration: kubeconfig, in-cluster service account, exec plugins, TLS; its rate limiter) as
+raw JSON, with no model classes.
 
 The analysis itself is pure and lives in `webhook.toolkit.audit`.
 """
@@ -18,7 +18,8 @@ from urllib.parse import quote
 import orjson
 
 from webhook.core.settings import CONFIG_MAP_NAME, MutationSettings
-from webhook.sources.kube import PAGE_SIZE, KubeAPIError, KubeClient
+from webhook.sources.kube import PAGE_SIZE
+from webhook.sources.kube_client import KubeAPIError, KubeClient
 from webhook.toolkit import audit
 from webhook.toolkit.audit import AuditReport, ObjectKey, Owner
 from webhook.toolkit.kubeconfig import KubeconfigError
