@@ -17,9 +17,11 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from webhook import __version__
 
@@ -48,10 +50,28 @@ def load(command: str) -> ModuleType:
     return importlib.import_module(f"webhook.cli.{COMMANDS[command]}")
 
 
+_UNRECOGNIZED = "unrecognized arguments: "
+_OPTION = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, answering a bad flag as kubectl does: one line, a did-you-mean for a mistyped
+    flag, and where to read the usage; not the 35-45 lines of usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        line = f"{self.prog}: error: {message}"
+        if message.startswith(_UNRECOGNIZED):
+            words = message[len(_UNRECOGNIZED) :].split()
+            flag = next((w.split("=", 1)[0] for w in words if w.startswith("-")), "")
+            known = sorted(set(_OPTION.findall(self.format_help())))
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag else []
+            if close:
+                line += f'; did you mean "{close[0]}"?'
+        self.exit(2, f"{line}\nSee '{self.prog} --help'.\n")
+
+
 def build_parser(command: str, module: ModuleType) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} {command}", description=getattr(module, "HELP", None)
-    )
+    parser = CommandParser(prog=f"{PROG} {command}", description=getattr(module, "HELP", None))
     module.add_arguments(parser)
     return parser
 

@@ -33,7 +33,7 @@ from webhook.core.configmap import ConfigMapError
 from webhook.core.settings import CONFIG_MAP_NAME
 from webhook.review import review
 from webhook.sources.container_credentials import ContainerCredentialsError, parse_identities
-from webhook.sources.objects import ObjectsError, ObjectsSource, load_objects
+from webhook.sources.objects import READ_KINDS, ObjectsError, ObjectsSource, load_objects
 from webhook.sources.store import IdentityStore
 
 HELP = "replay captured AdmissionReviews or audit logs offline, through the server's code path"
@@ -45,7 +45,18 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False
-    flags.add_mutation_flags(parser)
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        dest="scope_namespaces",
+        metavar="NS",
+        help="replay only the reviews of pods in this namespace, and with --from-cluster read "
+        "only it (repeatable; default: all). As in audit and kubectl; the server's --namespace "
+        "(the ConfigMap's) is --webhook-namespace here",
+    )
+    flags.add_mutation_flags(parser, config_map_namespace_flag="--webhook-namespace")
     flags.add_klog_flags(parser)
     add_output_flag(
         parser,
@@ -152,17 +163,26 @@ def _readable(response: dict[str, Any]) -> list[str]:
     )
 
 
-def _config_map_hint(args: argparse.Namespace) -> None:
-    """Warn when --objects holds the webhook's ConfigMap but ConfigMap mode is off."""
-    if args.watch_config_map:
-        return
+def _objects_hints(args: argparse.Namespace) -> None:
+    """Warn about each --objects document that is not read (a mistyped kind would otherwise
+    show up only as every ServiceAccount missing), and when --objects holds the webhook's
+    ConfigMap but ConfigMap mode is off."""
     try:
-        found = load_objects(args.objects, args.namespace).config_map_document is not None
+        objects = load_objects(args.objects, args.webhook_namespace)
     except ObjectsError:
         return  # only the ConfigMap itself is unreadable, and it is not used
-    if found:
+    for kind, where in objects.skipped:
+        close = difflib.get_close_matches(kind, READ_KINDS, n=1, cutoff=0.6)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
         warn(
-            f"--objects has the {args.namespace}/{CONFIG_MAP_NAME} ConfigMap, but it is "
+            f"--objects {where}: kind {kind!r} skipped, only ServiceAccount and ConfigMap "
+            f"are read{hint}"
+        )
+    if args.watch_config_map:
+        return
+    if objects.config_map_document is not None:
+        warn(
+            f"--objects has the {args.webhook_namespace}/{CONFIG_MAP_NAME} ConfigMap, but it is "
             "ignored without --watch-config-map"
         )
 
@@ -173,11 +193,11 @@ def build_store(args: argparse.Namespace) -> IdentityStore:
     if args.objects:
         try:
             ObjectsSource(
-                args.objects, store, args.namespace if args.watch_config_map else None
+                args.objects, store, args.webhook_namespace if args.watch_config_map else None
             ).load()
         except (ObjectsError, ConfigMapError) as err:
             raise UsageError(f"--objects: {err}") from None
-        _config_map_hint(args)
+        _objects_hints(args)
     elif not args.watch_container_credentials_config:
         warn(
             "no --objects: no ServiceAccount is known, so no pod gets a role "
@@ -276,7 +296,12 @@ def run(args: argparse.Namespace) -> int:
     count = 0
     unmutated: Counter[str] = Counter()
     manifests = ManifestOptions(namespace=args.manifest_namespace)
+    scope = set(args.scope_namespaces or ())
+    out_of_scope: Counter[str] = Counter()
     for case in read_cases(args.inputs, problems, warn, manifests):
+        if scope and (namespace := replay_results.namespace_of(case.body)) not in scope:
+            out_of_scope[namespace or "(none)"] += 1
+            continue
         count += 1
         decision = selection.decide(case) if selection is not None else None
         if decision is not None and not decision.sent:
@@ -307,8 +332,24 @@ def run(args: argparse.Namespace) -> int:
     if count == 0:
         if problems.count:
             return 2
+        if out_of_scope:
+            seen = ", ".join(f"{n} in {ns}" for ns, n in sorted(out_of_scope.items()))
+            raise UsageError(
+                f"-n/--namespace {','.join(sorted(scope))}: no review in that scope "
+                f"(the inputs hold {seen}); -n is the pods' namespace, as in audit and kubectl: "
+                "the server's --namespace (the ConfigMap's) is --webhook-namespace here"
+            )
         raise UsageError("no admission reviews found in the inputs")
+    if out_of_scope:
+        warn(
+            f"-n/--namespace: skipped {sum(out_of_scope.values())} review(s) of pods in other "
+            "namespaces"
+        )
     if unmutated and sum(unmutated.values()) == count:
+        if args.objects:  # offline: the "cache" is what --objects holds
+            unmutated = Counter(
+                {r.replace("not in the cache", "not in --objects"): n for r, n in unmutated.items()}
+            )
         warn(_nothing_mutated(unmutated))
     if expectations is not None:
         print(expectations.summary(count), file=sys.stderr)
