@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,58 @@ def test_make_run_certificates_print_the_ca_bundle_they_promise(tmp_path: Path) 
         last = done.stdout.splitlines()[-1]
         ca = (tmp_path / "out" / "ca.crt").read_bytes()
         assert last == f"caBundle  {base64.b64encode(ca).decode()}"
+
+
+# -- replay's output when checking, its --help, its report ------------------------------------------
+
+
+def test_expect_prints_the_differences_and_the_summary_not_every_review(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = objects_file(tmp_path, SA)
+    inputs = [str(review_file(tmp_path, f"r{i}.json")) for i in range(3)]
+    expected = tmp_path / "expected"
+    base = ["replay", "--objects", str(objects), "--expect", str(expected)]
+    assert cli(capsys, *base, "--update-expected", *inputs)[0] == 0
+    (expected / "r1.json").write_text('{"changed": true}\n')
+    code, out, err = cli(capsys, *base, *inputs)
+    assert code == 1
+    assert out == ""  # no review's JSON
+    assert "DIFFERENT default/pod-1" in err and err.count("DIFFERENT") == 1
+    assert "replay: 2 of 3 matched" in err
+    code, out, _ = cli(capsys, *base, "-o", "response", *inputs)  # asked for: printed
+    assert len(out.splitlines()) == 3
+
+
+def test_replay_help_does_not_list_glog_compatibility_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = cli(capsys, "replay", "--help")
+    assert code == 0 and "--objects" in out and "-v LEVEL" in out
+    for flag in ("--add_dir_header", "--one_output", "--logtostderr", "--skip_headers"):
+        assert flag not in out
+
+
+def test_the_html_report_says_how_it_was_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = objects_file(tmp_path, SA)
+    review = review_file(tmp_path)
+    report = tmp_path / "report.html"
+    argv = ["replay", "--objects", str(objects), "--token-audience=example.com", "-n", "default"]
+    code, _, err = cli(capsys, *argv, "--report", str(report), "--one_output", str(review))
+    assert code == 0, err
+    html = report.read_text()
+    provenance = html.split('<details open id="provenance">', 1)[1].split("</details>", 1)[0]
+    import hashlib
+
+    import webhook
+
+    digest = hashlib.sha256(review.read_bytes()).hexdigest()
+    assert f"pod-identity-webhook replay --objects {objects}" in provenance
+    assert f"--report {report} --one_output {review}" in provenance
+    assert f"{review} ({review.stat().st_size} bytes, sha256 {digest})" in provenance
+    assert str(objects) in provenance and "--token-audience=example.com" in provenance
+    assert "--namespace=default" in provenance
+    assert f"pod-identity-webhook {webhook.__version__}" in provenance
+    assert re.search(r"<th>time</th><td>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ</td>", provenance)

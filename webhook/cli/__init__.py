@@ -119,11 +119,26 @@ def _dispatch(args: list[str]) -> int:
         # start with flags.
         print(f"{PROG}: error: {unknown_command_message(args[0])}", file=sys.stderr)
         return 2
-    module = load(command)
+    try:
+        module = load(command)
+    except ModuleNotFoundError as err:
+        if (err.name or "webhook").split(".")[0] == "webhook":
+            raise
+        # The image and a plain `pip install` have what `serve` needs; the toolkit's libraries
+        # are the `toolkit` extra.
+        print(
+            f"{PROG} {command}: error: needs {err.name}, which is not installed: the toolkit "
+            f"commands need `pip install 'pod-identity-webhook[toolkit]'` (the image has only "
+            "what serve needs)",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser(command, module)
+    command_line = (PROG, command, *args)  # as typed, for reports that say how they were made
     if hasattr(module, "normalize_argv"):
         args = module.normalize_argv(args)
     namespace = parser.parse_args(args)
+    namespace.command_line = command_line
     try:
         code: int = module.run(namespace)
     except UsageError as err:

@@ -57,14 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the ConfigMap's) is --webhook-namespace here",
     )
     flags.add_mutation_flags(parser, config_map_namespace_flag="--webhook-namespace")
-    flags.add_klog_flags(parser)
+    # klog's other flags are accepted (a server's flag list replays as is) but not listed.
+    flags.add_klog_flags(parser, list_compat=False)
     add_output_flag(
         parser,
         ("response", "pod", "diff", *replay_results.TABLE_OUTPUTS),
-        help_text="response: AdmissionReview JSON lines (default); pod: mutated pods; "
+        help_text="response: AdmissionReview JSON lines (default; with --expect or "
+        "--expect-recorded none: only the differences and the summary); pod: mutated pods; "
         "diff: unified diffs; wide: a table per review and per namespace; json: one "
         "document with every review and the counts",
     )
+    parser.set_defaults(output=None)  # not given: see _output
     replay_results.add_arguments(parser)
     parser.add_argument(
         "--expect",
@@ -260,8 +263,19 @@ class Expectations:
         return f"replay: wrote {count} expected response(s) to {self.directory} ({counts})"
 
 
+def _output(args: argparse.Namespace) -> str:
+    """-o as given; else "none" when checking (--expect, --expect-recorded: the differences
+    and the summary are the result), "response" otherwise."""
+    if args.output is not None:
+        return str(args.output)
+    checking = (args.expect and not args.update_expected) or args.expect_recorded
+    return "none" if checking else "response"
+
+
 def _write_not_sent(output: str, case: Case, description: str) -> None:
     """The API server keeps the review: no response exists, the pod is created as it is."""
+    if output == "none":
+        return
     if output == "pod":
         before, _ = _pods(case, {})
         sys.stdout.write(orjson.dumps(before).decode() + "\n")
@@ -285,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("webhook.review").setLevel(logging.ERROR)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
+    args.output = _output(args)
     replay_cluster.prepare(args, warn)
     store = build_store(args)
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
