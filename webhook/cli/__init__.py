@@ -149,8 +149,10 @@ def _dispatch(args: list[str]) -> int:
 
 def _autocomplete() -> None:
     """Answer the shell's completion request (argcomplete protocol) and exit."""
-    from webhook.cli.completion import autocomplete
-
+    try:
+        from webhook.cli.completion import autocomplete
+    except ModuleNotFoundError:  # argcomplete is the toolkit extra's: no completions, no noise
+        sys.exit(0)
     autocomplete()
 
 
