@@ -285,6 +285,15 @@ def _write_not_sent(output: str, case: Case, description: str) -> None:
         print(f"{PROG} replay: {case.label}: {description}", file=sys.stderr)
 
 
+def _offline_reason(reason: str, args: argparse.Namespace) -> str:
+    """The server's words for a ServiceAccount it does not know name its cache; offline, the
+    accounts are what --objects (or the cluster read by --from-cluster) held."""
+    if "not in the cache" not in reason:
+        return reason
+    where = "not among the cluster's ServiceAccounts" if args.from_cluster else "not in --objects"
+    return reason.replace("not in the cache", where)
+
+
 def _nothing_mutated(reasons: Counter[str]) -> str:
     """Why none of the reviews got a patch, most common reason first."""
     listed = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(5))
@@ -329,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
                 expectations.check(case, not_sent_response(decision))
             continue
         outcome = review(case.body, store, store.settings)
+        outcome.reason = _offline_reason(outcome.reason, args)
         if not outcome.mutated:
             unmutated[outcome.reason] += 1
         response = orjson.loads(outcome.body)
@@ -361,10 +371,6 @@ def run(args: argparse.Namespace) -> int:
             "namespaces"
         )
     if unmutated and sum(unmutated.values()) == count:
-        if args.objects:  # offline: the "cache" is what --objects holds
-            unmutated = Counter(
-                {r.replace("not in the cache", "not in --objects"): n for r, n in unmutated.items()}
-            )
         warn(_nothing_mutated(unmutated))
     if expectations is not None:
         print(expectations.summary(count), file=sys.stderr)
