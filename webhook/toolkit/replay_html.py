@@ -169,13 +169,15 @@ def _provenance_html(provenance: Provenance | None) -> str:
 def render_report(results: Results, title: str = "pod-identity-webhook replay") -> str:
     body = [
         f"<h1>{escape(title)}</h1>",
-        _provenance_html(results.provenance),
         f"<p>{len(results.cases)} review(s); {results.input_errors} input(s) could not be "
-        "replayed (see the command's stderr).</p>",
+        "replayed (see the command's stderr)."
+        + (' How it was made: <a href="#provenance">provenance</a>.' if results.provenance else "")
+        + "</p>",
         _counts_tables(results),
         _verdicts_table(results),
         _differences_index(results),
         *(_case_html(i, c) for i, c in enumerate(results.cases)),
+        _provenance_html(results.provenance),  # last: the findings come first
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
