@@ -3,22 +3,35 @@
 #   podman build -t pod-identity-webhook:$(python3 -c 'import webhook; print(webhook.__version__)') .
 #   (or docker build; `make image` does this and prints how to load or push the result)
 #
-# Stage 1 installs the locked dependencies into a virtualenv at /opt/venv (pip
+# Stage 1 installs the locked dependencies of `serve` into a virtualenv at /opt/venv (pip
 # --require-hashes --no-deps from requirements/runtime.txt: nothing resolved at build time),
 # then builds the project's wheel with the locked setuptools (requirements/build.txt, in a
-# throwaway venv) and adds it with --no-deps. The dependency layer comes before the source
-# COPY, so a source change reuses it. Stage 2 is the same base with only that venv added: no
-# compiler, no pip (neither the venv's nor the base image's), a numeric non-root user, and
-# nothing written at run time, so it runs with readOnlyRootFilesystem.
+# throwaway venv) and adds it with --no-deps, runs `pip check`, and removes what `serve` never
+# loads: kubernetes' asyncio client and the distributions only it needs
+# (requirements/not-shipped.txt; requirements/prune.py fails the build if `pip check` then
+# reports anything else). The toolkit's libraries (the `toolkit` extra: replay, certs, oidc,
+# token, trust-policy, audit, completion) are not in the image; `pip install
+# 'pod-identity-webhook[toolkit]'` has them. The dependency layer comes before the source
+# COPY, so a source change reuses it.
+#
+# Stage 2 has no RUN: it adds that venv to BASE_IMAGE and sets the user and entrypoint, so
+# BASE_IMAGE can be a distroless Python (no shell, no pip) with python3 at the same path as in
+# the builder: no compiler, no pip in the venv, a numeric non-root user, and nothing written at
+# run time, so it runs with readOnlyRootFilesystem. Whatever else BASE_IMAGE holds stays (the
+# official python image's own pip, for one): a distroless base holds least.
 #
 # BASE_IMAGE is the official python:3.12-slim multi-arch index, pinned by digest (3.12.13 on
 # Debian trixie, as published in August 2026; re-resolve with
 # `podman pull python:3.12-slim && podman image inspect --format '{{.Digest}}' python:3.12-slim`).
-# Any image with `python3 -m venv` works: the e2e suite builds on a debootstrapped Debian
-# (python3 at /usr/bin, no pip) because no registry is reachable there.
+# Any image with `python3 -m venv` works for the builder, and BUILDER_IMAGE may differ from
+# BASE_IMAGE when that has none (a distroless base: build on the Debian image it is made from,
+# whose python3 is at the same path). The e2e suite builds on a debootstrapped Debian (python3 at
+# /usr/bin, no pip) because no registry is reachable there.
 ARG BASE_IMAGE=docker.io/library/python:3.12-slim@sha256:229a2c5bfa27522db7815ea81f9bed70af17ccb9de9fc7ad142b1877b5830d36
 
-FROM ${BASE_IMAGE} AS builder
+ARG BUILDER_IMAGE=${BASE_IMAGE}
+
+FROM ${BUILDER_IMAGE} AS builder
 
 # Behind a TLS-intercepting proxy, pip needs the host's CA bundle: mount it into the build
 # and name it here (podman build -v /etc/ssl/certs/ca-certificates.crt:/run/ca.crt:ro
@@ -34,29 +47,27 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 
 # The venvs' own pip (from ensurepip) installs, so the base needs no pip. Bytecode is
-# compiled here, since nothing can be written at run time, but not by pip: the kubernetes
-# client's asyncio copy (25 MB of .pyc) is left out, as the webhook never imports it.
+# compiled here, since nothing can be written at run time, but not by pip: after pruning.
 # unchecked-hash .pyc files do not record source mtimes, so they stay valid whatever
 # timestamps the layers get (podman build --timestamp in make release).
 COPY requirements/runtime.txt requirements/build.txt requirements/
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/python3 -m pip install --no-compile --require-hashes --no-deps \
         -r requirements/runtime.txt \
- && /opt/venv/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
-        -x '/kubernetes/aio/' /opt/venv/lib \
  && python3 -m venv /opt/build \
  && /opt/build/bin/python3 -m pip install --require-hashes --no-deps -r requirements/build.txt
 
 # .dockerignore keeps the context to the package sources and project metadata.
 COPY . .
 
-# pip check: the lock holds everything the project's metadata asks for.
+# pip check: the lock holds everything the project's metadata asks for; then prune.py removes
+# what serve never loads and checks again (only the removed distributions may be missing).
 RUN /opt/build/bin/python3 -m pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/python3 -m pip install --no-compile --no-deps /wheels/*.whl \
  && /opt/venv/bin/python3 -m pip check \
+ && /opt/venv/bin/python3 requirements/prune.py requirements/not-shipped.txt \
  && /opt/venv/bin/python3 -m pip uninstall -y pip setuptools wheel \
- && /opt/venv/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
-        -x '/kubernetes/aio/' /opt/venv/lib \
+ && /opt/venv/bin/python3 -m compileall -q --invalidation-mode unchecked-hash /opt/venv/lib \
  && /opt/venv/bin/pod-identity-webhook --version
 
 
@@ -69,15 +80,6 @@ LABEL org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.title="pod-identity-webhook" \
       org.opencontainers.image.description="Mutating admission webhook injecting AWS IAM credentials (IRSA) into pods" \
       org.opencontainers.image.licenses="Apache-2.0"
-
-# The base image's pip (if it has one) is not needed at run time: remove it, its console
-# scripts, and the wheels ensurepip or venv could reinstall it from.
-RUN if python3 -m pip --version >/dev/null 2>&1; then \
-        python3 -m pip uninstall -y pip setuptools wheel; \
-    fi \
- && rm -rf /usr/local/bin/pip /usr/local/bin/pip3* \
-           /usr/local/lib/python3*/ensurepip/_bundled /usr/lib/python3*/ensurepip/_bundled \
-           /usr/share/python-wheels /root/.cache
 
 COPY --from=builder /opt/venv /opt/venv
 

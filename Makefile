@@ -41,6 +41,8 @@ run: $(STAMP)
 	@echo "    --data-binary @webhook/examples/review.json https://127.0.0.1:$(PORT)/mutate \\"
 	@echo "    | $(PY) -c 'import sys,json,base64; r=json.load(sys.stdin)[\"response\"]; print(json.dumps(r, indent=1)); print(json.dumps(json.loads(base64.b64decode(r[\"patch\"])), indent=1))'"
 	@echo
+	@echo "The CLI the README's examples call is $(BIN)/pod-identity-webhook (or: source $(VENV)/bin/activate)."
+	@echo
 	$(BIN)/pod-identity-webhook serve --bind-address 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT) \
 		--tls-cert certs/out/tls.crt --tls-key certs/out/tls.key \
 		--objects webhook/examples/objects.yaml --watch-config-map -v=4

@@ -8,6 +8,7 @@
 #
 #   PY=path/to/python    interpreter with this project installed (default .venv/bin/python)
 #   CERTS_OUT=dir        output directory (default certs/out)
+# Prints the caBundle (base64 of ca.crt) as its last line, "caBundle  <base64>", either way.
 # Relative paths are taken from the repository root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,9 +26,11 @@ print("renew" if renew else "fresh")
 
 if [[ "$state" == "fresh" ]]; then
   echo "certs: $OUT/tls.crt is valid for more than 7 days; keeping it" >&2
-  exit 0
+  bundle="$("$PY" -c 'import base64, sys; print(base64.b64encode(open(sys.argv[1], "rb").read()).decode())' "$OUT/ca.crt")"
+else
+  # The summary goes to stderr; stdout's last line is the caBundle, printed below.
+  bundle="$("$PY" -m webhook certs generate \
+    --service pod-identity-webhook --namespace default --localhost --out "$OUT" | tail -n 1)"
 fi
-
-# The caBundle (stdout) is not needed here: it is in $OUT/ca.crt.
-"$PY" -m webhook certs generate \
-  --service pod-identity-webhook --namespace default --localhost --out "$OUT" >/dev/null
+# What a MutatingWebhookConfiguration pointing here needs (base64 of $OUT/ca.crt).
+echo "caBundle  $bundle"

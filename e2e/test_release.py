@@ -24,7 +24,7 @@ import webhook
 from e2e.controlplane import ToolsUnavailable, tools_dir
 from e2e.images import build_images
 from e2e.images.host import HostToolError
-from e2e.images.lock import RUNTIME_LOCK, locked_pins
+from e2e.images.lock import NOT_SHIPPED, RUNTIME_LOCK, locked_pins, not_shipped
 from e2e.images.podman import env as podman_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_sha256sums_cover_every_other_artifact_and_verify(release: Release) -> N
     assert check.stdout.count(": OK") == len(listed)
 
 
-def test_sbom_lists_every_locked_runtime_package_at_its_version(
+def test_sbom_lists_exactly_what_the_image_ships_at_its_version(
     release: Release, tmp_path: Path
 ) -> None:
     bom = json.loads(release.file(f"pod-identity-webhook-{VERSION}.cdx.json").read_text())
@@ -146,8 +146,17 @@ def test_sbom_lists_every_locked_runtime_package_at_its_version(
     components = {c["name"]: c for c in bom["components"]}
     lock = tmp_path / "runtime.txt"
     lock.write_text(_committed(RUNTIME_LOCK, release.revision) + "\n")
-    pins = locked_pins(lock, this_platform=False)
+    dropped_file = tmp_path / "not-shipped.txt"
+    dropped_file.write_text(_committed(NOT_SHIPPED, release.revision) + "\n")
+    dropped = not_shipped(dropped_file)
+    pins = {
+        name: v for name, v in locked_pins(lock, this_platform=False).items() if name not in dropped
+    }
     assert {name: c["version"] for name, c in components.items()} == pins
+    assert "aiohttp" in dropped and not dropped & components.keys()
+    refs = {c["bom-ref"] for c in components.values()} | {root.get("bom-ref")}
+    for dependency in bom.get("dependencies", []):
+        assert dependency["ref"] in refs and set(dependency.get("dependsOn", [])) <= refs
     for name, version in pins.items():
         assert components[name]["purl"] == f"pkg:pypi/{name}@{version}"
         hashes = [h for ref in components[name]["externalReferences"] for h in ref["hashes"]]

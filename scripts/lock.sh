@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Writes the hashed dependency locks from pyproject.toml, with uv (pinned in the dev lock):
 #
-#   requirements/dev.txt      runtime + the dev extra: what `make test`'s venv installs
-#   requirements/runtime.txt  runtime only, each pin taken from dev.txt: what the image installs
+#   requirements/dev.txt      runtime + the toolkit and dev extras: what `make test`'s venv installs
+#   requirements/runtime.txt  runtime only (what `serve` needs), each pin taken from dev.txt:
+#                             what the image installs (less kubernetes' asyncio half: Dockerfile)
 #   requirements/build.txt    [build-system] requires: what builds the wheel (image, make release)
 #
 #   scripts/lock.sh [ARGS]    rewrite the locks (make lock); ARGS go to uv pip compile,
@@ -47,7 +48,7 @@ if [[ $check -eq 1 ]]; then
 fi
 mkdir -p "$work"
 
-compile "$work/dev.txt" pyproject.toml --extra dev "$@"
+compile "$work/dev.txt" pyproject.toml --extra toolkit --extra dev "$@"
 # The runtime pins are the dev pins, so the tests run exactly what ships. (Resolved alone,
 # runtime could take a kubernetes needing python-dateutil>=3, which botocore in dev forbids.)
 compile "$work/runtime.txt" pyproject.toml -c "$work/dev.txt"

@@ -5,7 +5,8 @@
 #   pod-identity-webhook-V.oci.tar        the image as an OCI archive (podman, this machine's
 #                                         arch), named localhost/pod-identity-webhook:V-<commit>
 #   pod-identity-webhook-CHART.tgz        the Helm chart (helm package)
-#   pod-identity-webhook-V.cdx.json       CycloneDX SBOM of requirements/runtime.txt (cyclonedx-py)
+#   pod-identity-webhook-V.cdx.json       CycloneDX SBOM of what the image ships: requirements/
+#                                         runtime.txt less requirements/not-shipped.txt
 #   SHA256SUMS                            `sha256sum -c SHA256SUMS` in dist/ verifies them all
 #
 #   scripts/release.sh              everything
@@ -54,18 +55,30 @@ cd "$src"
 # Wheel and sdist, built by the venv's locked setuptools (requirements/build.txt).
 "$bin/python" -m build --quiet --no-isolation --outdir "$dist" . >&2
 
-# The SBOM of what the image installs. cyclonedx-py reads the root component from
+# The SBOM of what the image ships: the runtime lock less the distributions the Dockerfile
+# removes (requirements/not-shipped.txt). cyclonedx-py reads the root component from
 # pyproject.toml, whose version is dynamic: it is filled in here.
 sbom="$dist/pod-identity-webhook-$version.cdx.json"
 PYTHONWARNINGS=ignore::UserWarning "$bin/cyclonedx-py" requirements requirements/runtime.txt \
     --pyproject pyproject.toml --mc-type application --output-reproducible --of JSON -o "$sbom"
-"$bin/python" - "$sbom" "$version" <<'PY'
-import json, sys
-path, version = sys.argv[1], sys.argv[2]
+"$bin/python" - "$sbom" "$version" requirements/not-shipped.txt <<'PY'
+import json, re, sys
+path, version, not_shipped = sys.argv[1], sys.argv[2], sys.argv[3]
+canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+lines = (line.split("#", 1)[0].strip() for line in open(not_shipped))
+dropped = {canonical(line) for line in lines if line}
 bom = json.load(open(path))
 root = bom["metadata"]["component"]
 root["version"] = version
 root["purl"] = f"pkg:pypi/{root['name']}@{version}"
+gone = {c["bom-ref"] for c in bom["components"] if canonical(c["name"]) in dropped}
+bom["components"] = [c for c in bom["components"] if c["bom-ref"] not in gone]
+if "dependencies" in bom:
+    bom["dependencies"] = [
+        {**d, "dependsOn": [r for r in d.get("dependsOn", []) if r not in gone]}
+        for d in bom["dependencies"]
+        if d["ref"] not in gone
+    ]
 json.dump(bom, open(path, "w"), indent=2, sort_keys=True)
 open(path, "a").write("\n")
 PY

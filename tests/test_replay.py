@@ -252,7 +252,7 @@ def test_without_objects_it_warns_that_nothing_is_known(
     code, _, err = run(capsys, str(review))
     assert code == 0
     assert "warning: no --objects: no ServiceAccount is known" in err
-    assert "no review was mutated: 1x ServiceAccount default/app not in the cache" in err
+    assert "no review was mutated: 1x ServiceAccount default/app not in --objects" in err
 
 
 def test_a_config_map_without_watch_config_map_is_pointed_out(

@@ -167,7 +167,7 @@ def test_with_a_fixed_v1_version_an_answer_without_apiversion_is_an_error(
     assert "ERROR default/pod-1: --against: answered a v1 review without apiVersion/kind" in err
 
 
-def test_an_undocumented_difference_is_shown_as_a_unified_diff_and_exits_1(
+def test_an_undocumented_difference_is_shown_by_structure_and_exits_1(
     other: OtherWebhook,
     store: IdentityStore,
     objects: Path,
@@ -186,7 +186,8 @@ def test_an_undocumented_difference_is_shown_as_a_unified_diff_and_exits_1(
     assert code == 1
     assert "DIFFERS default/pod-1:" in err
     assert "--- default/pod-1 (--against)\n+++ default/pod-1 (ours)\n" in err
-    assert "-    - name: EXTRA\n" in err
+    assert "@@ spec.containers[app].env[EXTRA]\n-name: EXTRA\n-value: '1'\n" in err
+    assert "image" not in err.split("DIFFERS", 1)[1]  # unchanged fields are not shown
     assert "0 differ as documented, 1 differ, 0 error(s)" in err
 
 
@@ -305,9 +306,12 @@ def test_https_with_against_ca_verifies_the_other_webhook(
     )
     assert code == 0, err
     assert "IDENTICAL default/pod-1" in err
-    code, _, err = replay(capsys, "--objects", str(objects), "--against", other.url, *files)
+    two = reviews(tmp_path, pod(), pod())
+    code, _, err = replay(capsys, "--objects", str(objects), "--against", other.url, *two)
     assert code == 1
-    assert "CERTIFICATE_VERIFY_FAILED" in err
+    assert err.count("CERTIFICATE_VERIFY_FAILED") == 2
+    hint = "certificate is not from a CA this machine trusts, and no --against-ca was given"
+    assert err.count(hint) == 1 and "--against-ca <(kubectl get mutatingwebhookconfiguration" in err
 
 
 @pytest.mark.parametrize(

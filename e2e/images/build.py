@@ -228,7 +228,10 @@ def _webhook(base: Image) -> Image:
     ref = f"{WEBHOOK_REPO}:{version}"
     # What the build context holds after .dockerignore: the package and its metadata.
     inputs = [REPO / name for name in ("Dockerfile", ".dockerignore", "pyproject.toml")]
-    inputs += [REPO / "requirements" / name for name in ("runtime.txt", "build.txt")]
+    inputs += [
+        REPO / "requirements" / name
+        for name in ("runtime.txt", "build.txt", "not-shipped.txt", "prune.py")
+    ]
     inputs += [p for p in (REPO / "README.md", REPO / "LICENSE") if p.exists()]
     inputs += tree_files(REPO / "webhook")
     key = hash_key(

@@ -8,9 +8,10 @@ from pathlib import Path
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
-__all__ = ["RUNTIME_LOCK", "locked_pins"]
+__all__ = ["NOT_SHIPPED", "RUNTIME_LOCK", "locked_pins", "not_shipped", "shipped_pins"]
 
 RUNTIME_LOCK = Path(__file__).resolve().parent.parent.parent / "requirements" / "runtime.txt"
+NOT_SHIPPED = RUNTIME_LOCK.with_name("not-shipped.txt")
 
 # `name==version \` or `name==version ; marker \` at the start of a line (uv's output).
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
@@ -29,3 +30,15 @@ def locked_pins(lock: Path = RUNTIME_LOCK, *, this_platform: bool = True) -> dic
             continue
         pins[canonicalize_name(name)] = version
     return pins
+
+
+def not_shipped(path: Path = NOT_SHIPPED) -> set[str]:
+    """The canonical names requirements/not-shipped.txt lists (removed from the image)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {canonicalize_name(line) for line in lines if line}
+
+
+def shipped_pins(lock: Path = RUNTIME_LOCK) -> dict[str, str]:
+    """What the image holds: the runtime lock's pins less the not-shipped distributions."""
+    dropped = not_shipped()
+    return {name: v for name, v in locked_pins(lock).items() if name not in dropped}

@@ -37,7 +37,8 @@ GROUPS: dict[str, list[str]] = {
         "--token-mount-path=/var/run/aws/token-dir",
         "--token-expiration=7200",
     ],
-    "configmap": ["--watch-config-map", "--namespace=eks"],
+    # The ConfigMap in eks, the default of serve's --namespace (replay's --webhook-namespace).
+    "configmap": ["--watch-config-map"],
     "container-credentials": [
         "--watch-container-credentials-config=identities.json",
         "--aws-default-region=eu-central-1",

@@ -17,9 +17,11 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from webhook import __version__
 
@@ -48,10 +50,28 @@ def load(command: str) -> ModuleType:
     return importlib.import_module(f"webhook.cli.{COMMANDS[command]}")
 
 
+_UNRECOGNIZED = "unrecognized arguments: "
+_OPTION = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, answering a bad flag as kubectl does: one line, a did-you-mean for a mistyped
+    flag, and where to read the usage; not the 35-45 lines of usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        line = f"{self.prog}: error: {message}"
+        if message.startswith(_UNRECOGNIZED):
+            words = message[len(_UNRECOGNIZED) :].split()
+            flag = next((w.split("=", 1)[0] for w in words if w.startswith("-")), "")
+            known = sorted(set(_OPTION.findall(self.format_help())))
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag else []
+            if close:
+                line += f'; did you mean "{close[0]}"?'
+        self.exit(2, f"{line}\nSee '{self.prog} --help'.\n")
+
+
 def build_parser(command: str, module: ModuleType) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} {command}", description=getattr(module, "HELP", None)
-    )
+    parser = CommandParser(prog=f"{PROG} {command}", description=getattr(module, "HELP", None))
     module.add_arguments(parser)
     return parser
 
@@ -99,11 +119,26 @@ def _dispatch(args: list[str]) -> int:
         # start with flags.
         print(f"{PROG}: error: {unknown_command_message(args[0])}", file=sys.stderr)
         return 2
-    module = load(command)
+    try:
+        module = load(command)
+    except ModuleNotFoundError as err:
+        if (err.name or "webhook").split(".")[0] == "webhook":
+            raise
+        # The image and a plain `pip install` have what `serve` needs; the toolkit's libraries
+        # are the `toolkit` extra.
+        print(
+            f"{PROG} {command}: error: needs {err.name}, which is not installed: the toolkit "
+            f"commands need `pip install 'pod-identity-webhook[toolkit]'` (the image has only "
+            "what serve needs)",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser(command, module)
+    command_line = (PROG, command, *args)  # as typed, for reports that say how they were made
     if hasattr(module, "normalize_argv"):
         args = module.normalize_argv(args)
     namespace = parser.parse_args(args)
+    namespace.command_line = command_line
     try:
         code: int = module.run(namespace)
     except UsageError as err:
@@ -114,8 +149,10 @@ def _dispatch(args: list[str]) -> int:
 
 def _autocomplete() -> None:
     """Answer the shell's completion request (argcomplete protocol) and exit."""
-    from webhook.cli.completion import autocomplete
-
+    try:
+        from webhook.cli.completion import autocomplete
+    except ModuleNotFoundError:  # argcomplete is the toolkit extra's: no completions, no noise
+        sys.exit(0)
     autocomplete()
 
 

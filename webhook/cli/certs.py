@@ -4,11 +4,15 @@ Parsing and printing only; the certificate work is `webhook.certs`. The summary 
 stderr and the base64 `caBundle` is always stdout's last line, so scripts can capture it:
 
     CA_BUNDLE=$(pod-identity-webhook certs generate --service NAME --namespace NS | tail -n1)
+
+`-o json` prints one JSON object instead (camelCase keys, the caBundle under `caBundle`) and no
+summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     generate.add_argument("--service", required=True, metavar="NAME", help="the Service name")
     generate.add_argument(
-        "--namespace", required=True, metavar="NS", help="the Service's namespace"
+        "-n", "--namespace", required=True, metavar="NS", help="the Service's namespace"
     )
     generate.add_argument(
         "--out",
@@ -89,6 +93,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "also write a kubernetes.io/tls Secret: JSON if FILE ends in .json, YAML otherwise; "
             "'-' prints the YAML to stdout before the caBundle line"
         ),
+    )
+    generate.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (default: the summary on stderr, the caBundle as stdout's last line) or json "
+        "(one object on stdout: caBundle, files, names, expiry, the Secret manifest if '-')",
     )
     generate.add_argument(
         "--secret-name",
@@ -160,6 +172,9 @@ def _generate(args: argparse.Namespace) -> int:
                     f"cannot write --secret-manifest {args.secret_manifest}: {err.strerror or err}"
                 ) from None
 
+    if args.output == "json":
+        print(json.dumps(_json_summary(paths, ca, ca_origin, serving, args, secret_name), indent=2))
+        return 0
     _summary(paths, ca, ca_origin, serving, args.secret_manifest, secret_name)
     if args.secret_manifest == "-" and manifest_text is not None:
         sys.stdout.write(manifest_text)
@@ -183,6 +198,44 @@ def _ca(out: Path, args: argparse.Namespace) -> tuple[certs.CertKeyPair, str]:
                 return existing, "reused"
     ca = certs.generate_ca(CA_COMMON_NAME, args.ca_days, key_type=args.key_type)
     return ca, "new"
+
+
+def _json_summary(
+    paths: certs.BundlePaths,
+    ca: certs.CertKeyPair,
+    ca_origin: str,
+    serving: certs.CertKeyPair,
+    args: argparse.Namespace,
+    secret_name: str,
+) -> dict[str, object]:
+    def expiry(pair: certs.CertKeyPair) -> str:
+        return pair.not_valid_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    result: dict[str, object] = {
+        "caBundle": certs.ca_bundle_b64(ca),
+        "ca": {
+            "cert": str(paths.ca_cert),
+            "key": str(paths.ca_key),
+            "origin": ca_origin,
+            "keyType": certs.describe_key(ca),
+            "notAfter": expiry(ca),
+        },
+        "serving": {
+            "cert": str(paths.tls_cert),
+            "key": str(paths.tls_key),
+            "keyType": certs.describe_key(serving),
+            "notAfter": expiry(serving),
+            "names": certs.subject_alt_names(serving),
+        },
+    }
+    if args.secret_manifest is not None:
+        secret: dict[str, object] = {"name": secret_name}
+        if args.secret_manifest == "-":
+            secret["manifest"] = certs.secret_manifest(secret_name, args.namespace, serving, ca)
+        else:
+            secret["file"] = args.secret_manifest
+        result["secret"] = secret
+    return result
 
 
 def _summary(

@@ -70,14 +70,14 @@ def go_duration(text: str) -> float:
 
 
 def bool_flag(
-    parser: argparse._ActionsContainer, name: str, default: bool | None, help_text: str
+    parser: argparse._ActionsContainer, name: str, default: bool | None, help_text: str | None
 ) -> None:
-    """A pflag boolean: `--name`, `--name=true|false`; None as default means "not given"."""
+    """A pflag boolean: `--name`, `--name=true|false`; None as default means "not given".
+    `help_text` None: accepted but not listed in --help."""
     BOOL_FLAGS.add(name)
     suffix = "" if default is None else f" (default {str(default).lower()})"
-    parser.add_argument(
-        f"--{name}", type=go_bool, default=default, metavar="BOOL", help=help_text + suffix
-    )
+    shown = argparse.SUPPRESS if help_text is None else help_text + suffix
+    parser.add_argument(f"--{name}", type=go_bool, default=default, metavar="BOOL", help=shown)
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -179,7 +179,9 @@ def add_mutation_flags(
     )
 
 
-def add_klog_flags(parser: argparse.ArgumentParser) -> None:
+def add_klog_flags(parser: argparse.ArgumentParser, *, list_compat: bool = True) -> None:
+    """-v and --log-format, and klog's other flags, accepted and ignored; `list_compat=False`
+    leaves those out of --help (they mean nothing to an offline command)."""
     group = parser.add_argument_group("logging")
     group.add_argument(
         "-v",
@@ -194,7 +196,7 @@ def add_klog_flags(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=("text", "json"), default="text", help="(new) Log line format"
     )
     for name in _KLOG_BOOL:
-        bool_flag(group, name, False, "accepted for klog compatibility")
+        bool_flag(group, name, False, "accepted for klog compatibility" if list_compat else None)
     for name in _KLOG_VALUE:
         group.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
 

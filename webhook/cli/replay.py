@@ -33,7 +33,7 @@ from webhook.core.configmap import ConfigMapError
 from webhook.core.settings import CONFIG_MAP_NAME
 from webhook.review import review
 from webhook.sources.container_credentials import ContainerCredentialsError, parse_identities
-from webhook.sources.objects import ObjectsError, ObjectsSource, load_objects
+from webhook.sources.objects import READ_KINDS, ObjectsError, ObjectsSource, load_objects
 from webhook.sources.store import IdentityStore
 
 HELP = "replay captured AdmissionReviews or audit logs offline, through the server's code path"
@@ -45,15 +45,29 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False
-    flags.add_mutation_flags(parser)
-    flags.add_klog_flags(parser)
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        dest="scope_namespaces",
+        metavar="NS",
+        help="replay only the reviews of pods in this namespace, and with --from-cluster read "
+        "only it (repeatable; default: all). As in audit and kubectl; the server's --namespace "
+        "(the ConfigMap's) is --webhook-namespace here",
+    )
+    flags.add_mutation_flags(parser, config_map_namespace_flag="--webhook-namespace")
+    # klog's other flags are accepted (a server's flag list replays as is) but not listed.
+    flags.add_klog_flags(parser, list_compat=False)
     add_output_flag(
         parser,
         ("response", "pod", "diff", *replay_results.TABLE_OUTPUTS),
-        help_text="response: AdmissionReview JSON lines (default); pod: mutated pods; "
+        help_text="response: AdmissionReview JSON lines (default; with --expect or "
+        "--expect-recorded none: only the differences and the summary); pod: mutated pods; "
         "diff: unified diffs; wide: a table per review and per namespace; json: one "
         "document with every review and the counts",
     )
+    parser.set_defaults(output=None)  # not given: see _output
     replay_results.add_arguments(parser)
     parser.add_argument(
         "--expect",
@@ -152,17 +166,26 @@ def _readable(response: dict[str, Any]) -> list[str]:
     )
 
 
-def _config_map_hint(args: argparse.Namespace) -> None:
-    """Warn when --objects holds the webhook's ConfigMap but ConfigMap mode is off."""
-    if args.watch_config_map:
-        return
+def _objects_hints(args: argparse.Namespace) -> None:
+    """Warn about each --objects document that is not read (a mistyped kind would otherwise
+    show up only as every ServiceAccount missing), and when --objects holds the webhook's
+    ConfigMap but ConfigMap mode is off."""
     try:
-        found = load_objects(args.objects, args.namespace).config_map_document is not None
+        objects = load_objects(args.objects, args.webhook_namespace)
     except ObjectsError:
         return  # only the ConfigMap itself is unreadable, and it is not used
-    if found:
+    for kind, where in objects.skipped:
+        close = difflib.get_close_matches(kind, READ_KINDS, n=1, cutoff=0.6)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
         warn(
-            f"--objects has the {args.namespace}/{CONFIG_MAP_NAME} ConfigMap, but it is "
+            f"--objects {where}: kind {kind!r} skipped, only ServiceAccount and ConfigMap "
+            f"are read{hint}"
+        )
+    if args.watch_config_map:
+        return
+    if objects.config_map_document is not None:
+        warn(
+            f"--objects has the {args.webhook_namespace}/{CONFIG_MAP_NAME} ConfigMap, but it is "
             "ignored without --watch-config-map"
         )
 
@@ -173,11 +196,11 @@ def build_store(args: argparse.Namespace) -> IdentityStore:
     if args.objects:
         try:
             ObjectsSource(
-                args.objects, store, args.namespace if args.watch_config_map else None
+                args.objects, store, args.webhook_namespace if args.watch_config_map else None
             ).load()
         except (ObjectsError, ConfigMapError) as err:
             raise UsageError(f"--objects: {err}") from None
-        _config_map_hint(args)
+        _objects_hints(args)
     elif not args.watch_container_credentials_config:
         warn(
             "no --objects: no ServiceAccount is known, so no pod gets a role "
@@ -240,8 +263,19 @@ class Expectations:
         return f"replay: wrote {count} expected response(s) to {self.directory} ({counts})"
 
 
+def _output(args: argparse.Namespace) -> str:
+    """-o as given; else "none" when checking (--expect, --expect-recorded: the differences
+    and the summary are the result), "response" otherwise."""
+    if args.output is not None:
+        return str(args.output)
+    checking = (args.expect and not args.update_expected) or args.expect_recorded
+    return "none" if checking else "response"
+
+
 def _write_not_sent(output: str, case: Case, description: str) -> None:
     """The API server keeps the review: no response exists, the pod is created as it is."""
+    if output == "none":
+        return
     if output == "pod":
         before, _ = _pods(case, {})
         sys.stdout.write(orjson.dumps(before).decode() + "\n")
@@ -249,6 +283,15 @@ def _write_not_sent(output: str, case: Case, description: str) -> None:
         sys.stdout.write(f"# {case.label}: {description}\n")
     if output != "diff":
         print(f"{PROG} replay: {case.label}: {description}", file=sys.stderr)
+
+
+def _offline_reason(reason: str, args: argparse.Namespace) -> str:
+    """The server's words for a ServiceAccount it does not know name its cache; offline, the
+    accounts are what --objects (or the cluster read by --from-cluster) held."""
+    if "not in the cache" not in reason:
+        return reason
+    where = "not among the cluster's ServiceAccounts" if args.from_cluster else "not in --objects"
+    return reason.replace("not in the cache", where)
 
 
 def _nothing_mutated(reasons: Counter[str]) -> str:
@@ -265,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("webhook.review").setLevel(logging.ERROR)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
+    args.output = _output(args)
     replay_cluster.prepare(args, warn)
     store = build_store(args)
     expectations = Expectations(Path(args.expect), args.update_expected) if args.expect else None
@@ -276,7 +320,12 @@ def run(args: argparse.Namespace) -> int:
     count = 0
     unmutated: Counter[str] = Counter()
     manifests = ManifestOptions(namespace=args.manifest_namespace)
+    scope = set(args.scope_namespaces or ())
+    out_of_scope: Counter[str] = Counter()
     for case in read_cases(args.inputs, problems, warn, manifests):
+        if scope and (namespace := replay_results.namespace_of(case.body)) not in scope:
+            out_of_scope[namespace or "(none)"] += 1
+            continue
         count += 1
         decision = selection.decide(case) if selection is not None else None
         if decision is not None and not decision.sent:
@@ -289,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
                 expectations.check(case, not_sent_response(decision))
             continue
         outcome = review(case.body, store, store.settings)
+        outcome.reason = _offline_reason(outcome.reason, args)
         if not outcome.mutated:
             unmutated[outcome.reason] += 1
         response = orjson.loads(outcome.body)
@@ -307,7 +357,19 @@ def run(args: argparse.Namespace) -> int:
     if count == 0:
         if problems.count:
             return 2
+        if out_of_scope:
+            seen = ", ".join(f"{n} in {ns}" for ns, n in sorted(out_of_scope.items()))
+            raise UsageError(
+                f"-n/--namespace {','.join(sorted(scope))}: no review in that scope "
+                f"(the inputs hold {seen}); -n is the pods' namespace, as in audit and kubectl: "
+                "the server's --namespace (the ConfigMap's) is --webhook-namespace here"
+            )
         raise UsageError("no admission reviews found in the inputs")
+    if out_of_scope:
+        warn(
+            f"-n/--namespace: skipped {sum(out_of_scope.values())} review(s) of pods in other "
+            "namespaces"
+        )
     if unmutated and sum(unmutated.values()) == count:
         warn(_nothing_mutated(unmutated))
     if expectations is not None:

@@ -32,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--kubeconfig", default="", help="Path to a kubeconfig file")
     group.add_argument("--context", default="", help="The kubeconfig context to use")
+    # The scope's old name (before -n/--namespace meant the scope, as in audit and kubectl).
     group.add_argument(
         "--cluster-namespace",
         action="append",
-        default=[],
+        dest="scope_namespaces",
         metavar="NS",
-        help="with --from-cluster: only this namespace (repeatable; default: all)",
+        help=argparse.SUPPRESS,
     )
 
 
@@ -60,8 +61,8 @@ def prepare(args: argparse.Namespace, warn: Callable[[str], None]) -> None:
         cluster = connect(args.kubeconfig, context=args.context)
         snapshot = read_cluster(
             cluster,
-            namespaces=args.cluster_namespace,
-            config_map_namespace=args.namespace if args.watch_config_map else None,
+            namespaces=args.scope_namespaces,
+            config_map_namespace=args.webhook_namespace if args.watch_config_map else None,
         )
     except ClusterError as err:
         raise UsageError(f"--from-cluster: {err}") from None

@@ -248,8 +248,18 @@ def _cases(
         else:
             key = stem if single else f"{stem}-{index + 1:04d}"
             display = who
-        recorded = orjson.dumps(item.recorded) if item.recorded is not None else None
-        yield Case(key, display, data if item.exact else orjson.dumps(item.review), recorded)
+        try:
+            recorded = orjson.dumps(item.recorded) if item.recorded is not None else None
+            body = data if item.exact else orjson.dumps(item.review)
+        except orjson.JSONEncodeError:
+            # A lone UTF-16 surrogate escape (\ud800 without its pair): no Unicode text, and
+            # the API server would not have sent it.
+            error(
+                f"{label}: {display}: a string holds a lone UTF-16 surrogate escape "
+                "(\\ud800-\\udfff without its pair), which is not valid Unicode; not replayed"
+            )
+            continue
+        yield Case(key, display, body, recorded)
 
 
 def _stem(path: Path) -> Path:

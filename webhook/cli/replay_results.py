@@ -4,19 +4,31 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from webhook import __version__
 from webhook.cli import UsageError
 from webhook.core.settings import MutationSettings
 from webhook.review import IdentityLookup, Outcome
 from webhook.toolkit.against import VERSIONS, AgainstError, OtherWebhook, compare
 from webhook.toolkit.differences import Pod
 from webhook.toolkit.replay_html import render_report
-from webhook.toolkit.replay_report import CaseResult, Results, summary_lines, unified, wide_table
+from webhook.toolkit.replay_report import (
+    CaseResult,
+    InputFile,
+    Provenance,
+    Results,
+    summary_lines,
+    unified,
+    wide_table,
+)
+from webhook.toolkit.structdiff import structural_diff
 
 # -o values rendered here at the end of the run, instead of one line per review.
 TABLE_OUTPUTS = ("wide", "json")
@@ -77,6 +89,7 @@ class Recorder:
         self.settings = settings
         self.results = Results()
         self.report = Path(args.report) if args.report else None
+        self.args = args
         self.other: OtherWebhook | None = None
         for flag in ("against_ca", "against_server_name"):
             if getattr(args, flag) and not args.against:
@@ -128,7 +141,7 @@ class Recorder:
     @staticmethod
     def _diff(label: str) -> Any:
         def diff(ours: Pod, theirs: Pod) -> str:
-            return unified(theirs, ours, f"{label} (--against)", f"{label} (ours)", sort_keys=True)
+            return structural_diff(theirs, ours, f"{label} (--against)", f"{label} (ours)")
 
         return diff
 
@@ -144,12 +157,67 @@ class Recorder:
         for line in summary_lines(self.results):
             print(line, file=sys.stderr)
         if self.report is not None:
+            self.results.provenance = provenance(self.args)
             try:
                 self.report.write_text(render_report(self.results), encoding="utf-8")
             except OSError as err:
                 raise UsageError(f"--report {self.report}: {err.strerror or err}") from None
             print(f"replay: report written to {self.report}", file=sys.stderr)
         return 1 if self.results.undocumented else 0
+
+
+# The flags that decide an answer, named as on the command line, in the report's provenance.
+_PROVENANCE_FLAGS = (
+    "annotation_prefix",
+    "token_audience",
+    "token_mount_path",
+    "token_expiration",
+    "aws_default_region",
+    "sts_regional_endpoint",
+    "compose_role_arn",
+    "aws_account_id",
+    "aws_partition",
+    "watch_config_map",
+    "webhook_namespace",
+    "watch_container_credentials_config",
+    "webhook_config",
+    "manifest_namespace",
+    "scope_namespaces",
+    "against",
+    "against_version",
+)
+
+
+def _file(name: str) -> InputFile:
+    path = Path(name)
+    if name == "-" or not path.is_file():
+        return InputFile(name if name != "-" else "- (stdin)", 0, "")
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return InputFile(name, path.stat().st_size, digest.hexdigest())
+
+
+def provenance(args: argparse.Namespace, now: datetime | None = None) -> Provenance:
+    """What the report is about: the command, its inputs (hashed), the flags, our version."""
+    moment = now or datetime.now(UTC)
+    flags = []
+    for name in _PROVENANCE_FLAGS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        flag = "--namespace" if name == "scope_namespaces" else f"--{name.replace('_', '-')}"
+        if value not in (None, ""):
+            flags.append((flag, str(value).lower() if isinstance(value, bool) else str(value)))
+    return Provenance(
+        command_line=tuple(getattr(args, "command_line", ()) or ("pod-identity-webhook", "replay")),
+        version=__version__,
+        time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        inputs=tuple(_file(name) for name in args.inputs),
+        objects=tuple(_file(name) for name in args.objects or ()),
+        flags=tuple(flags),
+    )
 
 
 def namespace_of(body: bytes) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from webhook import __version__
-from webhook.cli import UsageError, flags, logs
+from webhook.cli import PROG, UsageError, flags, logs
 from webhook.core.configmap import ConfigMapError
 from webhook.server.app import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -21,7 +22,13 @@ from webhook.server.app import (
 from webhook.server.grace import GraceLookup
 from webhook.server.listen import Endpoint, ListenError, bind, bound_address
 from webhook.server.metrics import Metrics
-from webhook.server.record import DEFAULT_MAX_BYTES, Recorder, RecordSettings
+from webhook.server.record import (
+    DEFAULT_MAX_BYTES,
+    Recorder,
+    RecordSettings,
+    RedactionKeyError,
+    read_redaction_key,
+)
 from webhook.server.runner import Draining, Listener, ServerGroup, Timeouts
 from webhook.server.runner import run as run_servers
 from webhook.server.tls import CertificateReloader, TLSConfigError, server_context
@@ -198,8 +205,16 @@ def _add_record_flags(parser: argparse.ArgumentParser) -> None:
         record,
         "record-env-values",
         False,
-        "Keep literal env values in the record (default: replaced by a keyed hash, equal for "
-        "equal values)",
+        "Keep literal env values, command and args in the record (default: each replaced by a "
+        "keyed hash, equal for equal values)",
+    )
+    record.add_argument(
+        "--record-redaction-key-file",
+        default="",
+        metavar="FILE",
+        help="The redaction hashes' key (at least 16 bytes; e.g. a mounted Secret), so hashes "
+        "match across restarts and replicas. Default: a random key held only in memory. The key "
+        "is never written into DIR",
     )
 
 
@@ -210,11 +225,18 @@ def _record_settings(args: argparse.Namespace) -> RecordSettings | None:
         raise UsageError(f"--record-sample={args.record_sample}: must be between 0 and 1")
     if args.record_max_bytes <= 0:
         raise UsageError("--record-max-bytes must be positive")
+    key_file = Path(args.record_redaction_key_file) if args.record_redaction_key_file else None
+    if key_file is not None:
+        try:
+            read_redaction_key(key_file)
+        except RedactionKeyError as err:
+            raise UsageError(f"--record-redaction-key-file {err}") from None
     return RecordSettings(
         Path(args.record_dir),
         max_bytes=args.record_max_bytes,
         sample=args.record_sample,
         redact=not args.record_env_values,
+        key_file=key_file,
     )
 
 
@@ -227,6 +249,8 @@ def _recorder(
         return Recorder(settings, metrics.registry)
     except OSError as err:
         raise UsageError(f"--record-dir {args.record_dir}: {err}") from None
+    except RedactionKeyError as err:
+        raise UsageError(f"--record-redaction-key-file {err}") from None
 
 
 def _container_credentials_job(path: str, store: IdentityStore) -> Job:
@@ -277,6 +301,15 @@ def _warn_stray_arguments(strays: Sequence[str]) -> None:
     )
 
 
+def _listen_hint(message: str) -> str:
+    if "in use" not in message:
+        return ""
+    return (
+        " (another process holds the port: stop it, or choose others with --port and "
+        "--metrics-port; `make run PORT=8444 METRICS_PORT=10000`)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.verbosity, args.log_format)
     if args.version:
@@ -289,16 +322,25 @@ def run(args: argparse.Namespace) -> int:
             "Helm chart or `pod-identity-webhook certs generate`) and pass --tls-cert/--tls-key"
         )
     _warn_stray_arguments(args.stray_arguments)
-    record_settings = _record_settings(args)  # checked before any port is bound
+    # Every flag is checked before a port is bound or the cluster contacted.
+    record_settings = _record_settings(args)
     if args.port == args.metrics_port:
         raise UsageError(
             f"--port and --metrics-port are both {args.port}; the two listeners need two ports"
         )
     try:
+        tls_context = server_context(
+            args.tls_cert, args.tls_key, args.tls_min_version, args.tls_cipher_suites
+        )
+    except TLSConfigError as err:
+        raise UsageError(str(err)) from None
+    if args.kubeconfig and not args.objects and not Path(args.kubeconfig).expanduser().exists():
+        raise UsageError(f"--kubeconfig {args.kubeconfig}: the file does not exist")
+    try:
         https_sockets = bind(Endpoint(args.bind_address, args.port, args.reuse_port))
         metrics_sockets = bind(Endpoint(args.bind_address, args.metrics_port, args.reuse_port))
     except ListenError as err:
-        log.error("%s", err)
+        print(f"{PROG} serve: error: {err}{_listen_hint(str(err))}", file=sys.stderr)
         return 1
     from webhook.sources.imds import account_from_instance_metadata
 
@@ -346,12 +388,6 @@ def run(args: argparse.Namespace) -> int:
         fetch = kube.request_fetch
     if args.watch_container_credentials_config:
         jobs.append(_container_credentials_job(args.watch_container_credentials_config, store))
-    try:
-        tls_context = server_context(
-            args.tls_cert, args.tls_key, args.tls_min_version, args.tls_cipher_suites
-        )
-    except TLSConfigError as err:
-        raise UsageError(str(err)) from None
     reloader = CertificateReloader(tls_context, args.tls_cert, args.tls_key)
     jobs.append(
         partial(

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="12-digit account of the role and OIDC provider",
     )
-    generate.add_argument("--namespace", required=True, metavar="NS")
+    generate.add_argument("-n", "--namespace", required=True, metavar="NS")
     generate.add_argument("--service-account", required=True, metavar="SA")
     generate.add_argument("--partition", default="aws", help="aws (default), aws-cn, aws-us-gov")
     generate.add_argument(

@@ -10,11 +10,14 @@ DIR/reviews-<UTC time>-<n>.jsonl.gz and the oldest rotations are removed while t
 record files exceed --record-max-bytes. Each line is one JSON object: `{"kind":
 "RecordedReview", "time": ..., "request": <AdmissionReview>, "response": <AdmissionReview>}`.
 
-Redaction (default on): every literal env `value` of the pod, and the
-`kubectl.kubernetes.io/last-applied-configuration` annotation (which repeats them), become
-`redacted:hmac-sha256:<16 hex>`, keyed by DIR/.redaction-key (created once, mode 0600): equal
-values stay equal and different ones different, so replay still sees both, but a value cannot
-be guessed from its hash without the key. `--record-env-values` keeps them.
+Redaction (default on): every literal env `value` of the pod, every element of each
+container's `command` and `args`, and the `kubectl.kubernetes.io/last-applied-configuration`
+annotation (which repeats them), become `redacted:hmac-sha256:<16 hex>`: equal values stay equal
+and different ones different, so replay still sees both, but a value cannot be tested against
+its hash without the key. The key is never written into DIR (whoever gets a copy of DIR must not
+hold it): it is read from `--record-redaction-key-file` (a mounted Secret: stable across restarts
+and replicas), or else drawn at start and kept in the process only (hashes then match within one
+run). `--record-env-values` keeps everything as it was.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ log = logging.getLogger(__name__)
 RECORD_KIND = "RecordedReview"
 CURRENT = "reviews.jsonl"
 ROTATION_GLOB = "reviews-*.jsonl.gz"
-KEY_FILE = ".redaction-key"
+LEGACY_KEY_FILE = ".redaction-key"  # where earlier versions kept the key, inside DIR
+MIN_KEY_BYTES = 16
 SEGMENTS = 10  # a file rotates at max_bytes / SEGMENTS
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -61,23 +65,45 @@ class RecordSettings:
     redact: bool = True
     queue_size: int = 1024
     queue_bytes: int = 64 * 1024 * 1024  # bounds memory too: reviews can be megabytes each
+    key_file: Path | None = None  # None: a key that lives only in this process
 
 
-def _redaction_key(directory: Path) -> bytes:
-    path = directory / KEY_FILE
+class RedactionKeyError(ValueError):
+    """The redaction key file is unusable: one line naming the file and why."""
+
+
+def read_redaction_key(path: Path) -> bytes:
+    """The key in `path` (a Secret's file: raw bytes or text; a trailing newline is dropped)."""
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
+        raise RedactionKeyError(f"{path}: the file does not exist") from None
+    except OSError as err:
+        raise RedactionKeyError(f"{path}: {err.strerror or err}") from None
+    key = key.rstrip(b"\r\n")
+    if len(key) < MIN_KEY_BYTES:
+        raise RedactionKeyError(
+            f"{path}: {len(key)} bytes; a redaction key needs at least {MIN_KEY_BYTES} "
+            "(e.g. `head -c 32 /dev/urandom | base64`)"
+        )
     return key
 
 
+def redaction_key(settings: RecordSettings) -> bytes:
+    """The key from settings.key_file, or a fresh one kept only in memory. Never from DIR."""
+    if (settings.directory / LEGACY_KEY_FILE).exists():
+        log.warning(
+            "%s holds a redaction key written by an earlier version; it is no longer used "
+            "(a key inside the directory lets whoever copies it test guesses): delete it",
+            settings.directory / LEGACY_KEY_FILE,
+        )
+    if settings.key_file is not None:
+        return read_redaction_key(settings.key_file)
+    return secrets.token_bytes(32)
+
+
 class Redactor:
-    """Literal env values to keyed hashes; everything else is kept."""
+    """Literal env values, command and args to keyed hashes; everything else is kept."""
 
     def __init__(self, key: bytes) -> None:
         self.keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per value: no re-keying
@@ -98,10 +124,22 @@ class Redactor:
         if not isinstance(spec, dict):
             return
         for group in _CONTAINER_LISTS:
-            for container in spec.get(group) or []:
-                for var in (container.get("env") or []) if isinstance(container, dict) else []:
-                    if isinstance(var, dict) and isinstance(var.get("value"), str):
-                        var["value"] = self.hash(var["value"])
+            containers = spec.get(group)
+            for container in containers if isinstance(containers, list) else []:
+                if isinstance(container, dict):
+                    self.container(container)
+
+    def container(self, container: dict[str, Any]) -> None:
+        env = container.get("env")
+        for var in env if isinstance(env, list) else []:
+            if isinstance(var, dict) and isinstance(var.get("value"), str):
+                var["value"] = self.hash(var["value"])
+        for field in ("command", "args"):
+            words = container.get(field)
+            if isinstance(words, list):
+                container[field] = [
+                    self.hash(word) if isinstance(word, str) else word for word in words
+                ]
 
     def review(self, review: Any) -> None:
         request = review.get("request") if isinstance(review, dict) else None
@@ -170,7 +208,7 @@ class Recorder:
         self.queue: queue.Queue[_Item | None] = queue.Queue(settings.queue_size)  # None: stop
         self.queued_bytes = 0
         self.bytes_lock = threading.Lock()
-        self.redactor = Redactor(_redaction_key(settings.directory)) if settings.redact else None
+        self.redactor = Redactor(redaction_key(settings)) if settings.redact else None
         self.file = RotatingFile(settings.directory, settings.max_bytes)
         self.recorded = Counter(
             "pod_identity_webhook_recorded",

@@ -6,6 +6,7 @@ JSON. This is the embedded source for running and replaying without a cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,15 @@ class ObjectsError(ValueError):
     """A file cannot be read or parsed; the message names the file."""
 
 
+READ_KINDS = ("ServiceAccount", "ConfigMap")
+
+
 @dataclass(slots=True)
 class Objects:
     service_accounts: list[tuple[str, str, Mapping[str, str] | None]] = field(default_factory=list)
     config_map_document: str | None = None  # data.config of the pod-identity-webhook ConfigMap
+    # Objects of another kind, which are not read: (kind, "FILE: object N (ns/name)").
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _documents(path: Path) -> Iterator[Any]:
@@ -41,8 +47,16 @@ def _documents(path: Path) -> Iterator[Any]:
         text = path.read_text()
     except OSError as err:
         raise ObjectsError(f"{path}: {err.strerror or err}") from None
+    if text.lstrip().startswith(("{", "[")):
+        # JSON as JSON: the YAML loader refuses \u escapes of surrogate pairs (emoji as
+        # `json.dump` and `jq -a` write them). Not JSON after all: YAML flow style.
+        try:
+            yield json.loads(text)
+            return
+        except ValueError:
+            pass
     try:
-        yield from yaml.load_all(text, Loader=_Loader)  # JSON is YAML
+        yield from yaml.load_all(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise ObjectsError(f"{path}: not valid YAML or JSON: {err}") from None
 
@@ -77,12 +91,17 @@ def load_objects(paths: Sequence[str], config_map_namespace: str | None) -> Obje
     """Read every file; `config_map_namespace` None means ConfigMap mode is off."""
     objects = Objects()
     for file in expand_paths(paths):
-        for obj in (o for doc in _documents(file) for o in _flatten(doc)):
+        for number, obj in enumerate((o for doc in _documents(file) for o in _flatten(doc)), 1):
             kind = obj.get("kind")
             meta = obj.get("metadata") or {}
             if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
                 continue
             namespace = meta.get("namespace") or "default"
+            if kind not in READ_KINDS:
+                objects.skipped.append(
+                    (str(kind), f"{file}: object {number} ({namespace}/{meta['name']})")
+                )
+                continue
             if kind == "ServiceAccount":
                 annotations = meta.get("annotations")
                 if annotations is not None and not isinstance(annotations, dict):

@@ -48,6 +48,7 @@ class OtherWebhook:
     server_name: str | None = None
     _context: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _target: urllib.parse.SplitResult = field(init=False, repr=False)
+    _hinted: bool = field(default=False, init=False, repr=False)  # the certificate hint, once
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -113,6 +114,12 @@ class OtherWebhook:
             )
             reply = connection.getresponse()
             data = reply.read()
+        except ssl.SSLCertVerificationError as err:
+            hint = self._certificate_hint()
+            if hint and not self._hinted:
+                self._hinted = True
+                self.note(hint)
+            raise AgainstError(f"{self.url}: {err}") from None
         except (OSError, http.client.HTTPException) as err:
             raise AgainstError(f"{self.url}: {err}") from None
         finally:
@@ -127,6 +134,22 @@ class OtherWebhook:
         if not isinstance(answer, dict):
             raise AgainstError("the answer is not a JSON object")
         return answer
+
+    def _certificate_hint(self) -> str:
+        if self.ca_file is None:
+            return (
+                f"{self.url}'s certificate is not from a CA this machine trusts, and no "
+                "--against-ca was given: pass the webhook's CA, e.g. --against-ca <(kubectl get "
+                "mutatingwebhookconfiguration NAME -o jsonpath='{.webhooks[0].clientConfig."
+                "caBundle}' | base64 -d)"
+            )
+        if self.server_name is None and self._target.hostname in ("127.0.0.1", "::1", "localhost"):
+            return (
+                f"{self.url}'s certificate does not verify with --against-ca {self.ca_file} for "
+                f"{self._target.hostname}: if it is for the Service's DNS name (a port-forward), "
+                "pass --against-server-name SERVICE.NAMESPACE.svc"
+            )
+        return ""
 
 
 class _Connection(http.client.HTTPSConnection):

@@ -39,7 +39,11 @@ class Source:
 def find_source(kubeconfig: str, environ: Mapping[str, str], home: Path) -> Source:
     """Which files kubectl would read, given the flag, the environment and the home directory."""
     if kubeconfig:
-        return Source((kubeconfig,))  # explicit: must exist, errors name it
+        # Explicit: must exist. The client's own words for a missing file ("Invalid
+        # kube-config file. No configuration found") do not say that it is missing.
+        if not Path(kubeconfig).expanduser().exists():
+            raise KubeconfigError(f"--kubeconfig {kubeconfig}: the file does not exist")
+        return Source((kubeconfig,))
     listed = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     if listed:
         existing = tuple(p for p in listed if Path(p).expanduser().is_file())

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from html import escape
 
-from webhook.toolkit.replay_report import STATUSES, VERDICTS, CaseResult, Results
+from webhook.toolkit.replay_report import (
+    STATUSES,
+    VERDICTS,
+    CaseResult,
+    InputFile,
+    Provenance,
+    Results,
+)
 
 FOLD_NAMESPACES = 8  # more namespaces than this: their table starts folded
 
@@ -32,6 +39,8 @@ pre.diff .hunk { color: #6639ba; display: block; }
 ul.warnings { color: #7a4d00; }
 details > summary { cursor: pointer; color: #444; }
 ul.index li { margin: 0.2em 0; } ul.index a { font-family: ui-monospace, monospace; }
+table.provenance td, table.provenance th { text-align: left; padding: 0.1em 0.8em 0.1em 0; }
+table.provenance td { font-family: ui-monospace, monospace; font-size: 12px; }
 """
 
 
@@ -132,15 +141,43 @@ def _case_html(index: int, case: CaseResult) -> str:
     return "".join(parts)
 
 
+def _files(files: tuple[InputFile, ...]) -> str:
+    return "<br>".join(
+        escape(f.path) if not f.sha256 else f"{escape(f.path)} ({f.size} bytes, sha256 {f.sha256})"
+        for f in files
+    )
+
+
+def _provenance_html(provenance: Provenance | None) -> str:
+    if provenance is None:
+        return ""
+    rows = [
+        ("command", escape(" ".join(provenance.command_line))),
+        ("version", escape(f"pod-identity-webhook {provenance.version}")),
+        ("time", escape(provenance.time)),
+        ("inputs", _files(provenance.inputs) or "-"),
+        ("objects", _files(provenance.objects) or "-"),
+        ("flags", "<br>".join(f"{escape(k)}={escape(v)}" for k, v in provenance.flags) or "-"),
+    ]
+    cells = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
+    return (
+        '<details open id="provenance"><summary>Provenance</summary>'
+        f'<table class="provenance">{cells}</table></details>'
+    )
+
+
 def render_report(results: Results, title: str = "pod-identity-webhook replay") -> str:
     body = [
         f"<h1>{escape(title)}</h1>",
         f"<p>{len(results.cases)} review(s); {results.input_errors} input(s) could not be "
-        "replayed (see the command's stderr).</p>",
+        "replayed (see the command's stderr)."
+        + (' How it was made: <a href="#provenance">provenance</a>.' if results.provenance else "")
+        + "</p>",
         _counts_tables(results),
         _verdicts_table(results),
         _differences_index(results),
         *(_case_html(i, c) for i, c in enumerate(results.cases)),
+        _provenance_html(results.provenance),  # last: the findings come first
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -70,11 +70,31 @@ class CaseResult:
         return document
 
 
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a report came from, so a page read days later says what it is about."""
+
+    command_line: tuple[str, ...]
+    version: str
+    time: str  # RFC 3339, UTC
+    inputs: tuple[InputFile, ...] = ()  # INPUT files, and `-` for stdin (size/hash unknown)
+    objects: tuple[InputFile, ...] = ()  # --objects files
+    flags: tuple[tuple[str, str], ...] = ()  # the mutation settings in effect, by flag
+
+
 @dataclass(slots=True)
 class Results:
     cases: list[CaseResult] = field(default_factory=list)
     input_errors: int = 0  # inputs that were not reviews (they have no case)
     against: str | None = None  # the other webhook's URL
+    provenance: Provenance | None = None
 
     def add(self, result: CaseResult) -> CaseResult:
         self.cases.append(result)
