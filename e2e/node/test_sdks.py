@@ -151,7 +151,7 @@ def test_java_without_the_sts_module_fails_irsa_naming_the_missing_module(
     assert f"WebIdentityTokenFileCredentialsProvider(): {JAVA_NO_STS}" in got.error
     assert not aws.sts.calls[sts_before:], "the provider gave up before calling STS"
     summary.add(
-        f"sdk: {got.sdk} {got.version} (without sts) {IRSA.name} -> SdkClientException: "
+        f"sdk: {got.sdk}-without-sts {got.version} {IRSA.name} -> SdkClientException: "
         f"Unable to load credentials from any of the providers in the chain ...: "
         f"[..., WebIdentityTokenFileCredentialsProvider(): {JAVA_NO_STS}, ...]"
     )
@@ -169,5 +169,6 @@ def test_java_without_the_sts_module_still_resolves_pod_identity_credentials(
     assert got.arn is not None and got.arn.startswith("resolved ")
     assert [c.ok for c in aws.agent.calls[agent_before:]] == [True]
     summary.add(
-        f"sdk: {got.sdk} {got.version} (without sts) {POD_IDENTITY.name} -> credentials resolved"
+        f"sdk: {got.sdk}-without-sts {got.version} {POD_IDENTITY.name} -> credentials resolved "
+        "(the default chain alone: GetCallerIdentity itself needs the sts module)"
     )
