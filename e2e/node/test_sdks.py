@@ -172,3 +172,19 @@ def test_java_without_the_sts_module_still_resolves_pod_identity_credentials(
         f"sdk: {got.sdk}-without-sts {got.version} {POD_IDENTITY.name} -> credentials resolved "
         "(the default chain alone: GetCallerIdentity itself needs the sts module)"
     )
+
+
+def test_the_sdk_image_runs_as_a_user_with_the_runtimes_and_no_jdk(
+    node: Node, aws: AwsEmulators
+) -> None:
+    probe = (
+        "id -u; command -v javac || echo no-javac; java -version 2>&1 | head -n 1; node --version"
+    )
+
+    result = node.exec_in_pod(IRSA.namespace, SDK_POD, "app", ["sh", "-c", probe])
+
+    assert result.rc == 0, result.stderr
+    uid, javac, java, nodejs = result.stdout.splitlines()
+    assert (uid, javac) == ("1000", "no-javac")
+    assert java.startswith('openjdk version "17.'), java  # Debian's openjdk-17-jre-headless
+    assert nodejs.startswith("v18."), nodejs  # Debian bookworm's nodejs
