@@ -2,7 +2,7 @@
 
     from e2e.images import build_images
     images = build_images()          # idempotent; seconds when cached
-    images.pause.ref, images.pause.archive    # also .base, .webhook, .demo
+    images.pause.ref, images.pause.archive    # also .base, .webhook, .demo, .sdks
 
 Every `ref` is fully qualified (localhost/...) and every `archive` is a docker-archive
 that `ctr -n k8s.io images import` loads under that name. `python -m e2e.images` builds
@@ -14,6 +14,7 @@ from e2e.images.build import (
     BOTOCORE_VERSION,
     DEMO_REF,
     PAUSE_REF,
+    SDKS_REF,
     WEBHOOK_REPO,
     Image,
     Images,
@@ -26,6 +27,7 @@ __all__ = [
     "BOTOCORE_VERSION",
     "DEMO_REF",
     "PAUSE_REF",
+    "SDKS_REF",
     "WEBHOOK_REPO",
     "Image",
     "Images",

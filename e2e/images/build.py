@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.images import debian, podman
+from e2e.images import debian, podman, sdks
 from e2e.images.cache import cache_root, hash_key, locked, tree_files
 from e2e.images.host import ensure_programs
 
@@ -30,6 +30,7 @@ __all__ = [
     "BOTOCORE_VERSION",
     "DEMO_REF",
     "PAUSE_REF",
+    "SDKS_REF",
     "WEBHOOK_REPO",
     "Image",
     "Images",
@@ -46,6 +47,7 @@ PAUSE_REF = "localhost/piw-e2e/pause:3.10"
 BASE_REPO = "localhost/piw-e2e/debian-python"
 WEBHOOK_REPO = "localhost/pod-identity-webhook"
 DEMO_REF = "localhost/piw-e2e/irsa-demo:1"
+SDKS_REF = sdks.SDKS_REF
 # Recent, and new enough (>= 1.31.x) for service-specific endpoints: the web-identity
 # provider's STS client honours AWS_ENDPOINT_URL_STS.
 BOTOCORE_VERSION = "1.44.8"
@@ -58,6 +60,7 @@ PAUSE_RECIPE = "1"
 BASE_RECIPE = "1"
 WEBHOOK_RECIPE = "1"
 DEMO_RECIPE = "1"
+SDKS_RECIPE = "1"
 
 # What `podman import` gives the base image: an imported rootfs has no config of its own.
 BASE_CONFIG = (
@@ -82,6 +85,7 @@ class Images:
     base: Image
     webhook: Image
     demo: Image
+    sdks: Image  # Go, JavaScript and Java SDK programs (e2e/sdk, e2e/images/sdks.py)
 
 
 def _log(message: str) -> None:
@@ -269,6 +273,28 @@ def _demo(base: Image) -> Image:
     return _cached("demo", DEMO_REF, key, build)
 
 
+def _sdks(base: Image) -> Image:
+    """The AWS SDKs for Go v2, JavaScript v3 and Java 2.x with their e2e programs."""
+    key = hash_key(
+        [SDKS_RECIPE, base.id, _gcc_version(), *sdks.toolchain_versions()],
+        [
+            ("Containerfile", sdks.CONTAINERFILE),
+            ("sdks.py", Path(sdks.__file__)),
+            ("pause.c", PAUSE_DIR / "pause.c"),
+            *[(str(p.relative_to(sdks.SDK_DIR)), p) for p in sdks.source_files()],
+        ],
+    )
+
+    def build(work: Path) -> None:
+        _compile_pause(work)
+        containerfile = sdks.prepare_context(work)
+        podman.run_build(
+            work, SDKS_REF, containerfile=containerfile, build_args=[f"BASE_IMAGE={base.ref}"]
+        )
+
+    return _cached("sdks", SDKS_REF, key, build)
+
+
 def pause_image() -> Image:
     """Only the pod sandbox image (what a node needs before any pod can start)."""
     return _pause()
@@ -278,4 +304,6 @@ def build_images() -> Images:
     """Build what is missing, make sure podman holds every image, and return them all."""
     pause = _pause()
     base = _base()
-    return Images(pause=pause, base=base, webhook=_webhook(base), demo=_demo(base))
+    return Images(
+        pause=pause, base=base, webhook=_webhook(base), demo=_demo(base), sdks=_sdks(base)
+    )
