@@ -216,6 +216,7 @@ def test_troubleshooting_guide_quotes_the_reasons_the_webhook_gives() -> None:
         assert f'reason="{documented}"' in guide
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbosity", [0, 3])
 def test_serve_logs_as_configured_at_each_verbosity(tmp_path: Path, verbosity: int) -> None:
     """The real process: -v=0 logs the denial only, -v=3 adds upstream's mutation line."""

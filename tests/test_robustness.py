@@ -133,6 +133,7 @@ async def test_an_internal_error_is_a_500_so_the_failure_policy_applies() -> Non
 # -- container credentials file -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_broken_identities_file_at_start_is_logged_and_retried_not_fatal(tmp_path: Path) -> None:
     files = make_certs(tmp_path / "certs")
     objects = tmp_path / "objects.json"
@@ -349,6 +350,7 @@ class _OutageAPI:
         self._open.clear()
 
 
+@pytest.mark.slow
 def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds() -> None:
     import time
 
