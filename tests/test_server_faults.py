@@ -30,11 +30,9 @@ from tests.serverproc import (
     service_account,
 )
 
-pytestmark = pytest.mark.slow
-
-
 TIMEOUT_FLAGS = ("--tls-handshake-timeout=1s", "--read-header-timeout=1s")
 JSON = {"Content-Type": "application/json"}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
