@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8443
 METRICS_PORT ?= 9999
 
-.PHONY: run test lock lock-check release chart-docs chart-docs-check lint typecheck layers unit unit-random e2e e2e-node e2e-tools demo demo-down image bench clean
+.PHONY: run test lock lock-check release chart-docs chart-docs-check lint typecheck layers unit e2e e2e-node e2e-tools demo demo-down image bench clean
 
 # Every dependency comes from the hashed locks (scripts/lock.sh writes them); the project
 # itself goes in last, without dependencies, built by the locked setuptools.
@@ -85,6 +85,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests -q
 
 ## unit-random: the fast tests in a random order (pytest-randomly prints the seed; SEED=N repeats it)
+.PHONY: unit-random
 unit-random: $(STAMP)
 	$(BIN)/pytest tests -q -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
