@@ -90,6 +90,11 @@ layers: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests -q
 
+## unit-random: the fast tests in a random order (pytest-randomly prints the seed; SEED=N repeats it)
+.PHONY: unit-random
+unit-random: $(STAMP)
+	$(BIN)/pytest tests -q -p randomly $(if $(SEED),--randomly-seed=$(SEED))
+
 ## e2e-tools: build or reuse kube-apiserver, etcd, helm and the upstream webhook (pinned)
 e2e-tools:
 	@bash e2e/tools/build.sh

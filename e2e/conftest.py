@@ -35,13 +35,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 APISERVER_FEATURE_GATES = ("--feature-gates=VolumeBindMountOptions=true",)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the deliberate differences from upstream that the differential suite saw."""
-    from e2e import test_differential
+# The deliberate differences from upstream that the differential suite saw, for the summary.
+DIFFERENCES_SEEN = pytest.StashKey[list[str]]()
 
-    if test_differential.DIFFERENCES:
+
+@pytest.fixture(scope="session")
+def differences(request: pytest.FixtureRequest) -> list[str]:
+    """Append "case: why" for each documented improvement a test saw; printed at the end."""
+    return request.config.stash.setdefault(DIFFERENCES_SEEN, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seen = terminalreporter.config.stash.get(DIFFERENCES_SEEN, [])
+    if seen:
         terminalreporter.section("deliberate differences from the upstream webhook")
-        for line in sorted(set(test_differential.DIFFERENCES)):
+        for line in sorted(set(seen)):
             terminalreporter.write_line(f"- {line}")
 
 

@@ -31,9 +31,6 @@ ORACLE_LABEL = "corpus-oracle"
 CORPUS_NS_LABEL = "pod-identity-webhook-corpus"
 JITTER_RANGE = range(79200, 86401)
 
-# Filled as groups run; printed by the terminal summary hook in conftest.py.
-DIFFERENCES: list[str] = []
-
 
 def _namespace(cp: ControlPlane, name: str) -> None:
     cp.apply(
@@ -107,7 +104,9 @@ def prepared(control_plane: ControlPlane) -> Iterator[ControlPlane]:
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_corpus_group_matches_upstream(group: str, prepared: ControlPlane, tmp_path: Path) -> None:
+def test_corpus_group_matches_upstream(
+    group: str, prepared: ControlPlane, tmp_path: Path, differences: list[str]
+) -> None:
     cp = prepared
     cases = [c for c in CASES if c.group == group]
     # Shared state both webhooks read: one ConfigMap and one identities file for the group.
@@ -173,7 +172,7 @@ def test_corpus_group_matches_upstream(group: str, prepared: ControlPlane, tmp_p
                 # Some improvements are exactly this: upstream's patch makes a valid pod
                 # invalid and the API server refuses it; ours was stored above.
                 if case.improvement and "HTTP 422" in str(err):
-                    DIFFERENCES.append(f"{case.name}: {case.improvement}")
+                    differences.append(f"{case.name}: {case.improvement}")
                 else:
                     mismatches.append(f"{case.name}: upstream's pod was rejected: {err}")
                 continue
@@ -195,7 +194,7 @@ def test_corpus_group_matches_upstream(group: str, prepared: ControlPlane, tmp_p
                         f"{case.name}: documented improvement did not show ({case.improvement})"
                     )
                 else:
-                    DIFFERENCES.append(f"{case.name}: {case.improvement}")
+                    differences.append(f"{case.name}: {case.improvement}")
             elif a != b:
                 mismatches.append(
                     f"{case.name}:\n  ours:     {json.dumps(a['spec'], sort_keys=True)}\n  upstream: {json.dumps(b['spec'], sort_keys=True)}"

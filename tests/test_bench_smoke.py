@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import mix, openloop, vegeta
+from bench import mix, openloop
+from bench import vegeta as vegeta_tool
 from bench.stats import percentile
 from webhook import certs
 from webhook.core.settings import MutationSettings
@@ -75,14 +76,14 @@ def test_decode_counts_errors_and_checks_bodies() -> None:
         ["1003000000", "500", "1000000", "10", "0", "500 Internal Server Error", ""],
         ["1004000000", "0", "0", "0", "0", "dial tcp: connection refused", ""],
     ]
-    result = vegeta.decode(rows, rate=1000, duration=0.005, check_bodies=True)
+    result = vegeta_tool.decode(rows, rate=1000, duration=0.005, check_bodies=True)
     assert (result.sent, result.ok, result.errors) == (5, 2, 3)
     assert result.latencies_ms == [1.0, 2.0] and result.p(50) == 1.0 and result.p(100) == 2.0
     assert result.error_samples[0].startswith("no response.allowed")
     assert result.error_samples[1:] == ["500 Internal Server Error", "dial tcp: connection refused"]
     assert result.codes == {200: 3, 500: 1, 0: 1}
     assert result.started == 1.0 and result.ended == 1.004
-    unchecked = vegeta.decode(rows, rate=1000, duration=0.005, check_bodies=False)
+    unchecked = vegeta_tool.decode(rows, rate=1000, duration=0.005, check_bodies=False)
     assert (unchecked.ok, unchecked.errors) == (3, 2)
 
 
@@ -131,29 +132,27 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
-def test_vegeta_against_our_server(server: tuple[str, Path], tmp_path: Path) -> None:
-    try:
-        vegeta.vegeta_binary()
-    except vegeta.ToolsUnavailable as err:
-        pytest.skip(str(err))
+@pytest.mark.slow
+def test_vegeta_against_our_server(vegeta: Path, server: tuple[str, Path], tmp_path: Path) -> None:
     url, ca = server
     bodies = mix.bodies(mix.generate(20, mix.V1))
-    result = vegeta.attack(url, ca, bodies, rate=50, duration=1, workdir=tmp_path / "vegeta")
+    result = vegeta_tool.attack(url, ca, bodies, rate=50, duration=1, workdir=tmp_path / "vegeta")
     assert result.errors == 0, result.error_samples
     assert result.ok > 0 and result.sent == result.ok == len(result.latencies_ms)
     assert result.latencies_ms == sorted(result.latencies_ms)
     assert result.ended >= result.started
 
 
-def _result(rate: float, latencies: list[float], errors: int = 0) -> vegeta.AttackResult:
+def _result(rate: float, latencies: list[float], errors: int = 0) -> vegeta_tool.AttackResult:
     ok = len(latencies)
-    return vegeta.AttackResult(
+    return vegeta_tool.AttackResult(
         rate=rate, duration_s=1.0, latencies_ms=sorted(latencies), sent=ok + errors, ok=ok,
         errors=errors, error_samples=["HTTP 500"] if errors else [], achieved_rps=float(ok),
         started=0.0, ended=1.0, server_cpu_s=ok * 300e-6,
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_openloop_saturation_table_and_figure(tmp_path: Path) -> None:
     limits = openloop.Limits()
     fine = _result(100, [1.0] * 100)

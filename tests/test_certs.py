@@ -710,6 +710,7 @@ def test_unwritable_secret_manifest_exits_2(generate: _Generate, tmp_path: Path)
 # --------------------------------------------------------------------------- dev script
 
 
+@pytest.mark.slow
 def test_dev_localhost_script_generates_once_then_keeps_fresh_certs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PY": sys.executable, "CERTS_OUT": str(out)}

@@ -1,8 +1,8 @@
 """Chart conventions of the field (cert-manager, Kyverno, the community chart): metadata,
 parent-chart and GitOps knobs, autoscaling, rollout safety, and the `helm test` hook.
 
-Rendering helpers and the helm fixture come from tests/test_chart.py (which renders with
---skip-tests; here the hook is rendered too).
+Rendering helpers come from tests/chart_render.py (which renders with --skip-tests; here the
+hook is rendered too), the helm fixture from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.builders import mutate, pod, web_identity
-from tests.test_chart import (
+from tests.chart_render import (
     CHART,
     CLUSTER_SCOPED,
     FULLNAME,
@@ -28,7 +28,6 @@ from tests.test_chart import (
     container,
     find,
     flags_of,
-    helm,  # noqa: F401  (the fixture)
     one,
     render,
     render_fails,
@@ -44,7 +43,7 @@ HOOK_ANNOTATION = "helm.sh/hook"
 pytestmark = pytest.mark.timeout(1800)
 
 
-def render_with_tests(helm: str, *sets: str) -> list[Obj]:  # noqa: F811
+def render_with_tests(helm: str, *sets: str) -> list[Obj]:
     # tests.enabled=true: `helm template` leaves the hook out by default (tests.enabled null).
     args = [
         "template",
@@ -91,7 +90,7 @@ def test_chart_yaml_carries_artifact_hub_metadata() -> None:
     assert (CHART / "icon.svg").is_file()
 
 
-def test_kube_version_below_the_features_used_is_refused(helm: str) -> None:  # noqa: F811
+def test_kube_version_below_the_features_used_is_refused(helm: str) -> None:
     with pytest.raises(RenderError, match="kubeVersion"):
         render(helm, kube_version="1.26.0")
     assert render(helm, kube_version="1.27.0")
@@ -100,7 +99,7 @@ def test_kube_version_below_the_features_used_is_refused(helm: str) -> None:  # 
 # --------------------------------------------------------------------------- least privilege
 
 
-def test_configmap_role_names_only_the_webhooks_configmap(helm: str) -> None:  # noqa: F811
+def test_configmap_role_names_only_the_webhooks_configmap(helm: str) -> None:
     role = one(render(helm, "watchConfigMap.enabled=true"), "Role")
     assert [r.get("resourceNames") for r in role["rules"]] == [["pod-identity-webhook"]]
 
@@ -108,11 +107,11 @@ def test_configmap_role_names_only_the_webhooks_configmap(helm: str) -> None:  #
 # --------------------------------------------------------------------------- knobs
 
 
-def test_timeout_is_five_seconds(helm: str) -> None:  # noqa: F811
+def test_timeout_is_five_seconds(helm: str) -> None:
     assert webhook_entry(render(helm))["timeoutSeconds"] == 5
 
 
-def test_match_conditions_reach_the_webhook(helm: str) -> None:  # noqa: F811
+def test_match_conditions_reach_the_webhook(helm: str) -> None:
     condition = {
         "name": "not-openshift",
         "expression": '!request.namespace.startsWith("openshift-")',
@@ -122,14 +121,14 @@ def test_match_conditions_reach_the_webhook(helm: str) -> None:  # noqa: F811
     assert "matchConditions" not in webhook_entry(render(helm))
 
 
-def test_match_conditions_need_kubernetes_1_28(helm: str) -> None:  # noqa: F811
+def test_match_conditions_need_kubernetes_1_28(helm: str) -> None:
     sets = ('json:webhook.matchConditions=[{"name":"a","expression":"true"}]',)
     with pytest.raises(RenderError, match=r"matchConditions needs Kubernetes >= 1\.28"):
         render(helm, *sets, kube_version="1.27.9")
     assert render(helm, *sets, kube_version="1.28.0")
 
 
-def test_global_registry_and_pull_secrets(helm: str) -> None:  # noqa: F811
+def test_global_registry_and_pull_secrets(helm: str) -> None:
     objs = render(
         helm,
         "global.imageRegistry=mirror.example.com",
@@ -146,7 +145,7 @@ def test_global_registry_and_pull_secrets(helm: str) -> None:  # noqa: F811
     assert container(objs)["image"].startswith("reg.example.org/x/y:")
 
 
-def test_common_annotations_on_every_object_and_pod(helm: str) -> None:  # noqa: F811
+def test_common_annotations_on_every_object_and_pod(helm: str) -> None:
     objs = render_with_tests(
         helm,
         "commonAnnotations.team=platform",
@@ -168,7 +167,7 @@ def test_common_annotations_on_every_object_and_pod(helm: str) -> None:  # noqa:
     assert template["annotations"]["team"] == "platform"
 
 
-def test_namespace_override_moves_every_namespaced_object(helm: str) -> None:  # noqa: F811
+def test_namespace_override_moves_every_namespaced_object(helm: str) -> None:
     objs = render_with_tests(helm, "namespaceOverride=identity", "watchConfigMap.enabled=true")
     for obj in objs:
         if obj["kind"] in CLUSTER_SCOPED | {"Namespace"}:
@@ -181,7 +180,7 @@ def test_namespace_override_moves_every_namespaced_object(helm: str) -> None:  #
     assert "identity" in excluded
 
 
-def test_extra_objects_are_templated(helm: str) -> None:  # noqa: F811
+def test_extra_objects_are_templated(helm: str) -> None:
     extra = [
         {
             "apiVersion": "v1",
@@ -195,7 +194,7 @@ def test_extra_objects_are_templated(helm: str) -> None:  # noqa: F811
     assert one(objs, "Secret", "as-string")
 
 
-def test_extra_containers_and_no_service_links(helm: str) -> None:  # noqa: F811
+def test_extra_containers_and_no_service_links(helm: str) -> None:
     sidecar = {"name": "shipper", "image": "example.com/shipper:1", "args": ["{{ .Release.Name }}"]}
     spec = one(render(helm, f"json:extraContainers=[{json.dumps(sidecar)}]"), "Deployment")
     pod_spec = spec["spec"]["template"]["spec"]
@@ -204,7 +203,7 @@ def test_extra_containers_and_no_service_links(helm: str) -> None:  # noqa: F811
     assert pod_spec["enableServiceLinks"] is False
 
 
-def test_numeric_account_id_keeps_twelve_digits(helm: str, tmp_path: Path) -> None:  # noqa: F811
+def test_numeric_account_id_keeps_twelve_digits(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
     values.write_text("config:\n  composeRoleArn: true\n  awsAccountId: 111122223333\n")
     proc = run_helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values))
@@ -218,7 +217,7 @@ def test_numeric_account_id_keeps_twelve_digits(helm: str, tmp_path: Path) -> No
 # --------------------------------------------------------------------------- scaling and rollouts
 
 
-def test_autoscaling_owns_replicas_and_scales_on_cpu(helm: str) -> None:  # noqa: F811
+def test_autoscaling_owns_replicas_and_scales_on_cpu(helm: str) -> None:
     objs = render(helm, "autoscaling.enabled=true", "autoscaling.maxReplicas=8")
     hpa = one(objs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -242,14 +241,14 @@ def test_autoscaling_owns_replicas_and_scales_on_cpu(helm: str) -> None:  # noqa
     ],
 )
 def test_autoscaling_refuses_settings_that_break_drains_or_scaling(
-    helm: str,  # noqa: F811
+    helm: str,
     sets: tuple[str, ...],
     message: str,
 ) -> None:
     assert message in render_fails(helm, "autoscaling.enabled=true", *sets)
 
 
-def test_hard_anti_affinity_rolls_one_pod_at_a_time(helm: str) -> None:  # noqa: F811
+def test_hard_anti_affinity_rolls_one_pod_at_a_time(helm: str) -> None:
     soft = one(render(helm), "Deployment")["spec"]["strategy"]
     assert soft == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     hard = one(render(helm, "podAntiAffinity=hard"), "Deployment")["spec"]["strategy"]
@@ -266,7 +265,7 @@ def test_hard_anti_affinity_rolls_one_pod_at_a_time(helm: str) -> None:  # noqa:
     ],
 )
 def test_hard_anti_affinity_with_no_unavailable_pod_fails_with_a_fix(
-    helm: str,  # noqa: F811
+    helm: str,
     strategy: Obj,
 ) -> None:
     message = render_fails(
@@ -275,7 +274,7 @@ def test_hard_anti_affinity_with_no_unavailable_pod_fails_with_a_fix(
     assert "deadlocks a rollout" in message and "maxUnavailable" in message
 
 
-def test_hard_anti_affinity_accepts_a_strategy_that_completes(helm: str) -> None:  # noqa: F811
+def test_hard_anti_affinity_accepts_a_strategy_that_completes(helm: str) -> None:
     for strategy in ({"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}, {"type": "Recreate"}):
         objs = render(
             helm, "podAntiAffinity=hard", f"json:deployment.strategy={json.dumps(strategy)}"
@@ -286,7 +285,7 @@ def test_hard_anti_affinity_accepts_a_strategy_that_completes(helm: str) -> None
 # --------------------------------------------------------------------------- helm test
 
 
-def test_helm_test_hook_objects_and_their_scope(helm: str) -> None:  # noqa: F811
+def test_helm_test_hook_objects_and_their_scope(helm: str) -> None:
     objs = render_with_tests(helm)
     hook_objs = hooks(objs)
     assert {(o["kind"], o["metadata"]["name"]) for o in hook_objs} == {
@@ -324,7 +323,7 @@ def test_helm_test_hook_objects_and_their_scope(helm: str) -> None:  # noqa: F81
     assert weights["Namespace"] < weights["ServiceAccount"] < weights["Pod"]
 
 
-def test_helm_test_pod_runs_the_webhook_image_and_is_no_endpoint(helm: str) -> None:  # noqa: F811
+def test_helm_test_pod_runs_the_webhook_image_and_is_no_endpoint(helm: str) -> None:
     objs = render_with_tests(helm, "hostNetwork=true")
     test_pod = one(hooks(objs), "Pod")
     spec = test_pod["spec"]
@@ -340,7 +339,7 @@ def test_helm_test_pod_runs_the_webhook_image_and_is_no_endpoint(helm: str) -> N
     assert script == (CHART / "files" / "helm_test.py").read_text()
 
 
-def test_helm_test_namespace_carries_the_opt_in_labels(helm: str) -> None:  # noqa: F811
+def test_helm_test_namespace_carries_the_opt_in_labels(helm: str) -> None:
     objs = render_with_tests(helm, "webhook.namespaceSelector.matchLabels.irsa=enabled")
     namespace = one(hooks(objs), "Namespace")
     selector = webhook_entry(objs)["namespaceSelector"]
@@ -348,7 +347,7 @@ def test_helm_test_namespace_carries_the_opt_in_labels(helm: str) -> None:  # no
     assert selector_matches(selector, labels)
 
 
-def test_helm_test_can_be_turned_off(helm: str) -> None:  # noqa: F811
+def test_helm_test_can_be_turned_off(helm: str) -> None:
     assert hooks(render_with_tests(helm, "tests.enabled=false")) == []
 
 

@@ -2,16 +2,14 @@
 the series that should raise it and stays quiet otherwise, and every metric they query is one
 that a running server exposes on /metrics.
 
-promtool is found like helm (tests/test_chart.py): $PIW_PROMTOOL, $PIW_E2E_TOOLS_DIR, PATH, or
+promtool is found like helm (tests/conftest.py): $PIW_PROMTOOL, $PIW_E2E_TOOLS_DIR, PATH, or
 the directory `bash e2e/tools/build.sh` prints (it builds promtool from Go modules).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +20,14 @@ import pytest
 import yaml
 
 from tests.builders import admission_review
-from tests.serverproc import make_certs, pod, running_webhook, service_account, write_objects
-from tests.test_chart import (
+from tests.chart_render import (
     FULLNAME,
     NAMESPACE,
     Obj,
-    helm,  # noqa: F401  (the fixture)
     one,
     render,
 )
+from tests.serverproc import make_certs, pod, running_webhook, service_account, write_objects
 from webhook.server.metrics import Metrics
 
 ROLE_ARN = "arn:aws:iam::111122223333:role/app"
@@ -42,31 +39,17 @@ SYNTHETIC = {"up"}
 pytestmark = pytest.mark.timeout(1800)
 
 
-@pytest.fixture(scope="session")
-def promtool(helm: str) -> str:  # noqa: F811
-    env = os.environ.get("PIW_PROMTOOL")
-    if env:
-        return env
-    for directory in (os.environ.get("PIW_E2E_TOOLS_DIR"), str(Path(helm).parent)):
-        if directory and (Path(directory) / "promtool").is_file():
-            return str(Path(directory) / "promtool")
-    found = shutil.which("promtool")
-    if not found:
-        pytest.skip("no promtool: set PIW_PROMTOOL or build it with e2e/tools/build.sh (Go)")
-    return found
-
-
-def rule_groups(helm: str, *sets: str) -> list[Obj]:  # noqa: F811
+def rule_groups(helm: str, *sets: str) -> list[Obj]:
     rule = one(render(helm, "prometheusRule.enabled=true", *sets), "PrometheusRule")
     groups: list[Obj] = rule["spec"]["groups"]
     return groups
 
 
-def alerts(helm: str, *sets: str) -> dict[str, Obj]:  # noqa: F811
+def alerts(helm: str, *sets: str) -> dict[str, Obj]:
     return {r["alert"]: r for g in rule_groups(helm, *sets) for r in g["rules"] if "alert" in r}
 
 
-def dashboard(helm: str) -> Obj:  # noqa: F811
+def dashboard(helm: str) -> Obj:
     config_map = one(
         render(helm, "grafanaDashboard.enabled=true"), "ConfigMap", f"{FULLNAME}-dashboard"
     )
@@ -85,7 +68,7 @@ def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 # --------------------------------------------------------------------------- promtool
 
 
-def test_rules_pass_promtool_check(helm: str, promtool: str, tmp_path: Path) -> None:  # noqa: F811
+def test_rules_pass_promtool_check(helm: str, promtool: str, tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(helm)}))
     proc = run(promtool, "check", "rules", "rules.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -196,7 +179,7 @@ def _unit_tests(rules: dict[str, Obj]) -> list[Obj]:
 
 
 def test_each_alert_fires_on_its_condition_and_only_then(
-    helm: str,  # noqa: F811
+    helm: str,
     promtool: str,
     tmp_path: Path,
 ) -> None:
@@ -221,7 +204,7 @@ def test_each_alert_fires_on_its_condition_and_only_then(
     assert tested == set(rules), "every alert has a unit test"
 
 
-def test_thresholds_and_alert_labels_are_values(helm: str) -> None:  # noqa: F811
+def test_thresholds_and_alert_labels_are_values(helm: str) -> None:
     rules = alerts(
         helm,
         # --set types decimals as strings; --set-json (or a values file) as numbers.
@@ -236,13 +219,13 @@ def test_thresholds_and_alert_labels_are_values(helm: str) -> None:  # noqa: F81
     assert all(r["labels"]["team"] == "platform" for r in rules.values())
 
 
-def test_rule_and_dashboard_are_opt_in(helm: str) -> None:  # noqa: F811
+def test_rule_and_dashboard_are_opt_in(helm: str) -> None:
     kinds = {(o["kind"], o["metadata"]["name"]) for o in render(helm)}
     assert not any(kind == "PrometheusRule" for kind, _ in kinds)
     assert ("ConfigMap", f"{FULLNAME}-dashboard") not in kinds
 
 
-def test_dashboard_carries_the_grafana_sidecar_label(helm: str) -> None:  # noqa: F811
+def test_dashboard_carries_the_grafana_sidecar_label(helm: str) -> None:
     config_map = one(
         render(helm, "grafanaDashboard.enabled=true"), "ConfigMap", f"{FULLNAME}-dashboard"
     )
@@ -315,7 +298,7 @@ def test_metric_name_extraction() -> None:
 
 
 def test_dashboard_queries_only_metrics_the_server_exposes(
-    helm: str,  # noqa: F811
+    helm: str,
     exposed: set[str],
 ) -> None:
     used = set().union(*(metric_names(e) for e in dashboard_exprs(dashboard(helm))))
@@ -324,7 +307,7 @@ def test_dashboard_queries_only_metrics_the_server_exposes(
 
 
 def test_alerts_query_only_metrics_the_server_exposes(
-    helm: str,  # noqa: F811
+    helm: str,
     exposed: set[str],
 ) -> None:
     used = set().union(*(metric_names(r["expr"]) for r in alerts(helm).values()))
@@ -332,7 +315,7 @@ def test_alerts_query_only_metrics_the_server_exposes(
     assert used >= SYNTHETIC, "the down alert reads Prometheus' own up series"
 
 
-def test_dashboard_is_grafana_json(helm: str) -> None:  # noqa: F811
+def test_dashboard_is_grafana_json(helm: str) -> None:
     board: Any = dashboard(helm)
     assert board["uid"] == "pod-identity-webhook" and board["schemaVersion"] >= 36
     ids = [p["id"] for p in board["panels"]]

@@ -13,7 +13,7 @@ import jsonpatch
 import orjson
 import pytest
 
-from webhook.cli import logs
+from webhook.cli import logs, main
 from webhook.core.identity import Lookup
 from webhook.review import review
 from webhook.server.app import WebhookContext, create_webhook_app
@@ -189,6 +189,22 @@ def test_replay_stays_quiet_unless_asked(
     assert ("an info line" in stream.getvalue()) is shown
 
 
+def test_a_quiet_replay_leaves_denial_logs_on_for_the_rest_of_the_process(
+    logged: Logged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """replay -v=0 keeps denial lines off its own stderr (its stdout has the answers), and
+    only there: a server configured later in the same process still logs every denial."""
+    broken = admission_review(pod(container(env="not-a-list"), sa="app", metadata={"name": "b"}))
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    main(["replay", str(path)])
+    out, err = capsys.readouterr()
+    assert '"allowed":false' in out.replace(" ", "")
+    assert "Pod was denied" not in err
+    lines = logged(0, broken)
+    assert len(lines) == 1 and "Pod was denied. Reason: cannot read pod:" in lines[0]
+
+
 def test_troubleshooting_guide_quotes_the_reasons_the_webhook_gives() -> None:
     from pathlib import Path
 
@@ -200,6 +216,7 @@ def test_troubleshooting_guide_quotes_the_reasons_the_webhook_gives() -> None:
         assert f'reason="{documented}"' in guide
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbosity", [0, 3])
 def test_serve_logs_as_configured_at_each_verbosity(tmp_path: Path, verbosity: int) -> None:
     """The real process: -v=0 logs the denial only, -v=3 adds upstream's mutation line."""

@@ -130,29 +130,31 @@ def test_yaml_output_is_the_json_document(
 # --- pipes ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_output_into_head_ends_quietly(tmp_path: Path) -> None:
     """`... | head -1` closes the pipe early: no BrokenPipeError traceback, SIGPIPE status."""
     from .builders import admission_review, pod
 
     review = tmp_path / "reviews.json"
     review.write_text(json.dumps([admission_review(pod(), uid=str(i)) for i in range(3000)]))
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [*CLI, "replay", "--output", "diff", str(review)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    process.stdout.readline()
-    process.stdout.close()  # what head does after its first line
-    err = process.stderr.read().decode()
-    assert process.wait(timeout=60) == 141
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()  # what head does after its first line
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
 # --- completion ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 @pytest.mark.parametrize(
     ("line", "expected"),
@@ -188,6 +190,7 @@ def test_bash_completion_asks_the_real_parsers(
     assert words[-1] == "" or offered == expected
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("fish") is None, reason="needs fish")
 def test_fish_completion_asks_the_real_parsers(tmp_path: Path) -> None:
     shim = tmp_path / "pod-identity-webhook"

@@ -276,6 +276,7 @@ def _copy_project(dest: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_image_install_steps_produce_a_working_console_script(tmp_path: Path) -> None:
     """Replays the builder stage: the runtime lock into a fresh venv, the wheel built by the

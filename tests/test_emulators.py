@@ -637,6 +637,7 @@ def test_tampered_signature_does_not_match(issuer: Issuer, sts: StsEmulator) -> 
     assert message.startswith("The request signature we calculated does not match")
 
 
+@pytest.mark.slow
 def test_unsigned_unknown_wrong_token_and_expired_credentials(
     issuer: Issuer, sts: StsEmulator
 ) -> None:
@@ -750,6 +751,7 @@ def agent_refusal(
     return raised.value.code, raised.value.read().decode()
 
 
+@pytest.mark.slow
 def test_container_provider_is_refused_a_token_for_the_wrong_audience(
     tmp_path: Path, issuer: Issuer, sts: StsEmulator, agent: PodIdentityAgentEmulator
 ) -> None:
@@ -814,6 +816,7 @@ def test_an_emulator_fault_is_answered_and_recorded_not_dropped(loopback: str) -
     with Faulty(loopback, 0) as faulty, pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(f"{faulty.url}/", timeout=10)
 
+    raised.value.close()  # an HTTPError holds the response's connection open
     assert raised.value.code == 500
     assert [(c.code, c.message) for c in faulty.calls] == [
         ("InternalFailure", "ValueError: broken on purpose")

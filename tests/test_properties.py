@@ -5,6 +5,7 @@ import copy
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,6 +107,7 @@ def _contains(original: Any, result: Any) -> bool:
     return bool(original == result) and type(original) is type(result)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(pods(), SETTINGS)
 def test_patch_applies_preserves_everything_and_is_idempotent(
@@ -145,6 +147,7 @@ reviewish = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(reviewish, json_value))
 def test_any_json_body_gets_a_well_formed_answer_and_never_raises(body: Any) -> None:
@@ -234,6 +237,7 @@ def _api_server_objections(p: dict[str, Any]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(crowded_pods(), st.booleans())
 def test_our_additions_never_break_a_rule_the_original_pod_kept(

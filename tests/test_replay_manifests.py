@@ -25,7 +25,7 @@ from webhook.cli import main
 from webhook.cli.replay_inputs import read_cases
 from webhook.toolkit.manifests import ManifestError, pod_review
 
-from .test_chart import CHART, helm, run_helm  # noqa: F401  (helm is a fixture)
+from .chart_render import CHART, run_helm
 
 GOLDEN = Path(__file__).parent / "replay_golden"
 MANIFESTS = GOLDEN / "manifests"
@@ -190,7 +190,7 @@ def _helm_template(helm_binary: str, *sets: str) -> str:
     return proc.stdout
 
 
-def test_helm_template_of_the_chart_piped_into_replay(helm: str, tmp_path: Path) -> None:  # noqa: F811
+def test_helm_template_of_the_chart_piped_into_replay(helm: str, tmp_path: Path) -> None:
     rendered = tmp_path / "chart.yaml"
     rendered.write_text(
         _helm_template(helm, "webhook.namespaceSelector.excludeReleaseNamespace=false")
@@ -251,7 +251,7 @@ if __name__ == "__main__":
     regenerate()
 
 
-def test_the_charts_match_conditions_are_evaluated_as_cel(helm: str, tmp_path: Path) -> None:  # noqa: F811
+def test_the_charts_match_conditions_are_evaluated_as_cel(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(
         "webhook:\n  matchConditions:\n  - name: not-openshift\n"

@@ -92,6 +92,7 @@ def test_the_bench_mix_gets_the_same_bytes_as_when_read_in_full() -> None:
             assert fast == full, r.kind
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(reviewish, json_value))
 def test_any_json_body_gets_the_same_bytes_as_when_read_in_full(body: Any) -> None:
@@ -135,6 +136,7 @@ def damaged_pods(draw: Any) -> dict[str, Any]:
     return p
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(damaged_pods())
 def test_the_typed_decoder_accepts_a_pod_only_when_the_full_check_does(p: dict[str, Any]) -> None:
@@ -220,6 +222,7 @@ def test_the_decoder_builds_only_what_a_mutation_reads() -> None:
 # -- the encoded patch and answer -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(pods(), SETTINGS, st.booleans())
 def test_the_patch_text_is_what_encoding_its_operations_writes(

@@ -136,6 +136,7 @@ async def test_an_internal_error_is_a_500_so_the_failure_policy_applies() -> Non
 # -- container credentials file -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_broken_identities_file_at_start_is_logged_and_retried_not_fatal(tmp_path: Path) -> None:
     files = make_certs(tmp_path / "certs")
     objects = tmp_path / "objects.json"
@@ -388,6 +389,7 @@ class _OutageAPI:
         self._open.clear()
 
 
+@pytest.mark.slow
 def test_after_an_api_server_outage_a_new_service_account_is_seen_within_seconds() -> None:
     # 12 s of outage on the injected clock: long enough for a 30s-capped exponential backoff
     # (upstream's) to reach ~10s steps. Ours is capped at 3 s, so the first retry after the

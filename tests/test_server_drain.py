@@ -41,6 +41,9 @@ from tests.serverproc import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
+
 JSON = {"Content-Type": "application/json"}
 OBJECTS = [service_account("app", annotations={ROLE_ANNOTATION: ROLE_ARN})]
 REVIEW = orjson.dumps(admission_review(pod("app"), uid="drain"))

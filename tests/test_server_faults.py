@@ -33,6 +33,7 @@ from tests.serverproc import (
 
 TIMEOUT_FLAGS = ("--tls-handshake-timeout=500ms", "--read-header-timeout=500ms")
 JSON = {"Content-Type": "application/json"}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

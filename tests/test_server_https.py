@@ -52,6 +52,9 @@ from tests.serverproc import (
     write_objects,
 )
 
+pytestmark = pytest.mark.slow
+
+
 MAX_REQUEST_BYTES = 64 * 1024
 JSON = {"Content-Type": "application/json"}
 TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"

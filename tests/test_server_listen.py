@@ -82,6 +82,7 @@ def review_over(host: str, port: int, ca_pem: bytes) -> bytes:
 # --------------------------------------------------------------------------- dual stack
 
 
+@pytest.mark.slow
 @needs_ipv6
 def test_default_flags_serve_https_and_metrics_on_ipv6_and_ipv4_loopback(
     start_server: ServerFactory, tmp_path: Path
@@ -159,6 +160,7 @@ def _serve_exit(tmp_path: Path, *extra: str) -> tuple[int, str]:
     return result.returncode, result.stderr + result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -183,6 +185,7 @@ def test_bad_ports_are_refused_at_start_with_one_clear_line(
 # --------------------------------------------------------------------------- positional arguments
 
 
+@pytest.mark.slow
 def test_stray_positional_arguments_are_ignored_with_a_warning_naming_them(
     start_server: ServerFactory,
 ) -> None:

@@ -70,6 +70,7 @@ def test_an_injected_300ms_stall_is_recorded_at_or_above_the_quarter_second_buck
     assert NAME + "_bucket" in metrics.exposition().decode()
 
 
+@pytest.mark.slow
 def test_the_served_metrics_include_the_loop_lag_histogram(tmp_path: Path) -> None:
     files = make_certs(tmp_path / "certs")
     objects = tmp_path / "objects.json"

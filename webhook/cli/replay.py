@@ -301,11 +301,20 @@ def _nothing_mutated(reasons: Counter[str]) -> str:
     return f"no review was mutated: {listed}" + (f"; {more} other reason(s)" if more > 0 else "")
 
 
+def _without_review_notices(record: logging.LogRecord) -> bool:
+    """Drop webhook.review's lines below ERROR (its denials); keep everything else."""
+    review_line = record.name == "webhook.review" or record.name.startswith("webhook.review.")
+    return not review_line or record.levelno >= logging.ERROR
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.verbosity, args.log_format, quiet=True)
     if args.verbosity == 0:
         # Every answer is on stdout already; the server's denial log lines would repeat them.
-        logging.getLogger("webhook.review").setLevel(logging.ERROR)
+        # A filter on the handler configure() just installed, not a level on the logger: a
+        # level would outlive this run and silence webhook.review for the rest of the process.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_without_review_notices)
     if args.update_expected and not args.expect:
         raise UsageError("--update-expected needs --expect DIR")
     args.output = _output(args)
