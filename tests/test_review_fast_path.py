@@ -27,7 +27,7 @@ from webhook.review import V1, V1BETA1, allowed_body, review
 from webhook.sources.store import IdentityStore
 
 from .builders import ROLE, admission_review, container, plan, pod, store_with, web_identity
-from .test_properties import SETTINGS, json_value, pods, reviewish
+from .strategies import SETTINGS, json_value, pods, reviewish
 
 CORPUS = Path(__file__).parent / "corpus" / "cases"
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
