@@ -37,6 +37,7 @@ def _supervise() -> None:
     from e2e.controlplane import tools_dir
     from e2e.images import build_images
     from e2e.node.cluster import Node
+    from e2e.node.issuer import IssuerSite
     from e2e.node.walkthrough import (
         AGENT_NAMESPACE,
         DEMO_NAMESPACE,
@@ -57,18 +58,24 @@ def _supervise() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     images = build_images()
+    # The issuer is a static HTTPS site, as a self-managed cluster's (e2e/node/issuer.py).
+    site = IssuerSite(STATE / "issuer")
     node = Node(
         tools_dir(),
         pause_archive=images.pause.archive,
         pause_ref=images.pause.ref,
         log_dir=STATE / "logs",
+        issuer=site.issuer,
+        service_account_jwks_uri=site.jwks_uri,
     )
     node.start()
     try:
+        site.start(node.netns.name)
+        site.publish([node.pki.sa_key_file])
         for image in (images.base, images.webhook, images.demo):
             node.import_image(image.archive, image.ref)
         install_webhook(node, images)
-        with aws_emulators(node) as aws:
+        with aws_emulators(node, site) as aws:
             apply_demo_objects(node, images, aws)
             reports = {
                 f"{ns}/{DEMO_POD}": probe_pod(node, ns, DEMO_POD).__dict__
@@ -83,11 +90,13 @@ def _supervise() -> None:
                 "kubectl": str(kubectl) if kubectl.exists() else "kubectl",
                 "logs": str(node.log_dir),
                 "sts": aws.sts.url,
+                "issuer": site.issuer,
             }
             _write_result(result)
             while not stop:
                 time.sleep(0.5)
     finally:
+        site.stop()
         node.stop()
 
 
