@@ -32,7 +32,7 @@ from e2e.controlplane import ToolsUnavailable, tools_dir
 from e2e.images import Image, Images, build_images
 from e2e.node import summary
 from e2e.node.cluster import Node
-from e2e.node.issuer import ISSUER_URL, JWKS_NAME, IssuerSite
+from e2e.node.issuer import ISSUER_URL, JWKS_NAME, LISTEN_PORT, IssuerSite
 from e2e.node.walkthrough import Release, install_webhook, uninstall_webhook
 
 
@@ -117,7 +117,7 @@ def node_api(node: Node) -> k8s_client.ApiClient:
 def issuer_site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IssuerSite]:
     """The static HTTPS site at the node's issuer URL (192.0.2.20:443 in the node's network
     namespace), publishing the documents made from the signing key file as a user makes them."""
-    site = IssuerSite(tmp_path_factory.mktemp("issuer-site"))
+    site = IssuerSite(tmp_path_factory.mktemp("issuer-site"), listen_port=LISTEN_PORT)
     assert site.issuer == node.issuer, (site.issuer, node.issuer)
     site.start(node.netns.name)
     try:

@@ -37,7 +37,7 @@ def _supervise() -> None:
     from e2e.controlplane import tools_dir
     from e2e.images import build_images
     from e2e.node.cluster import Node
-    from e2e.node.issuer import IssuerSite
+    from e2e.node.issuer import LISTEN_PORT, IssuerSite
     from e2e.node.walkthrough import (
         AGENT_NAMESPACE,
         DEMO_NAMESPACE,
@@ -59,7 +59,7 @@ def _supervise() -> None:
     signal.signal(signal.SIGINT, on_term)
     images = build_images()
     # The issuer is a static HTTPS site, as a self-managed cluster's (e2e/node/issuer.py).
-    site = IssuerSite(STATE / "issuer")
+    site = IssuerSite(STATE / "issuer", listen_port=LISTEN_PORT)
     node = Node(
         tools_dir(),
         pause_archive=images.pause.archive,

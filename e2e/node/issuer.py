@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from e2e.controlplane import _CA
-from e2e.node.netns import BRIDGE
+from e2e.node.netns import BRIDGE, NETNS_DIR
 
 __all__ = [
     "ISSUER_HOST",
@@ -47,6 +47,10 @@ ISSUER_IP = "192.0.2.20"  # TEST-NET-1, on the node's bridge next to the node IP
 # A path under the host, as a bucket's or CloudFront's (and EKS's /id/<ID>) issuers have.
 ISSUER_PATH = "/piw-node"
 ISSUER_URL = f"https://{ISSUER_HOST}{ISSUER_PATH}"
+# kube-apiserver listens on 0.0.0.0:443 in the node's namespace (and hostNetwork webhook pods
+# on other ports), so the site listens on an ephemeral port and a DNAT rule maps ISSUER_IP:443
+# to it, as a load balancer in front of the bucket would.
+LISTEN_PORT = 0
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_NAME = "keys.json"
 
@@ -79,9 +83,13 @@ class IssuerSite:
         path: str = ISSUER_PATH,
         address: str = ISSUER_IP,
         port: int = 443,
+        listen_port: int | None = None,
     ) -> None:
         self.host = host
         self.address = address
+        # `port` is the one in the URL; the site listens on `listen_port` (default: the same)
+        # and start() maps one to the other when they differ.
+        self.listen_port = port if listen_port is None else listen_port
         self.port = port
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -120,22 +128,29 @@ class IssuerSite:
     # --- serving ----------------------------------------------------------------------------
 
     def start(self, netns_name: str | None = None) -> None:
-        """Serves on address:port. With `netns_name`, first puts the address on the node's
-        bridge (the caller's process is inside that namespace)."""
+        """Serves on address:listen_port. With `netns_name`, first puts the address on the
+        node's bridge and maps address:port to the listening port (the caller's process is
+        inside that namespace)."""
         if netns_name is not None:
-            subprocess.run(
-                ["ip", "-n", netns_name, "addr", "add", f"{self.address}/32", "dev", BRIDGE],
-                check=True,
-                capture_output=True,
-                timeout=10,
-            )
-        self.hosts_file.write_text(f"127.0.0.1 localhost\n{self.address} {self.host}\n")
+            _run("ip", "-n", netns_name, "addr", "add", f"{self.address}/32", "dev", BRIDGE)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(self._cert, self._key)
-        httpd = ThreadingHTTPServer((self.address, self.port), _handler(self))
+        httpd = ThreadingHTTPServer((self.address, self.listen_port), _handler(self))
         httpd.daemon_threads = True
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-        self.port = httpd.server_address[1]
+        bound = httpd.server_address[1]
+        if self.port in (0, self.listen_port):
+            self.port = bound
+        elif netns_name is not None:
+            # Connections from this namespace's own processes (the emulators, the toolkit).
+            _run("nsenter", f"--net={NETNS_DIR / netns_name}", "iptables", "-w", "-t", "nat",
+                 "-A", "OUTPUT", "-p", "tcp", "-d", self.address, "--dport", str(self.port),
+                 "-j", "DNAT", "--to-destination", f"{self.address}:{bound}")  # fmt: skip
+        else:
+            httpd.server_close()
+            raise ValueError(f"port {self.port} != listen port {bound} needs the node namespace")
+        self.listen_port = bound
+        self.hosts_file.write_text(f"127.0.0.1 localhost\n{self.address} {self.host}\n")
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever,
@@ -244,3 +259,9 @@ def _handler(site: IssuerSite) -> type[BaseHTTPRequestHandler]:
             pass  # `site.requests` is the log
 
     return Handler
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
