@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -97,6 +98,7 @@ def _supervise() -> None:
                 time.sleep(0.5)
     finally:
         site.stop()
+        shutil.rmtree(site.workdir, ignore_errors=True)  # its test CA and the published files
         node.stop()
 
 
