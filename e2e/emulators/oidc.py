@@ -1,21 +1,25 @@
 """OIDC token verification as AWS does it for an IAM OIDC identity provider.
 
 Keys come from the issuer itself: `<iss>/.well-known/openid-configuration`, then its `jwks_uri`,
-over HTTPS with the provider's TLS context. The JWKS is cached and fetched again once when a token
+over HTTPS with the provider's TLS context (IAM's trusted CA / thumbprint) and, like an
+/etc/hosts of the emulator, an optional map of host names to addresses (a test issuer's name
+resolves nowhere else). The JWKS is cached and fetched again once when a token
 names a key ID the cache lacks (the issuer rotated its keys). Written on pyjwt and the standard
 library only, independent of the webhook's own token code.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import ssl
 import threading
-import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -30,11 +34,13 @@ class OidcProvider:
     """An IAM OIDC identity provider: its issuer URL and the client IDs (audiences) it accepts.
 
     `ssl_context` is how the emulator reaches the issuer (its CA); None means the system default.
+    `hosts` maps host names to addresses, as /etc/hosts would; other names resolve as usual.
     """
 
     issuer: str
     client_ids: Sequence[str]
     ssl_context: ssl.SSLContext | None = None
+    hosts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def provider_id(self) -> str:
@@ -78,12 +84,20 @@ def unverified_claims(token: str) -> dict[str, Any]:
 class IssuerKeys:
     """The JWKS of one issuer, found through its discovery document and cached."""
 
-    def __init__(self, issuer: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        ssl_context: ssl.SSLContext | None,
+        hosts: Mapping[str, str] | None = None,
+    ) -> None:
         self.issuer = issuer.rstrip("/")
-        self._context = ssl_context
+        self._context = ssl_context or ssl.create_default_context()
+        self._hosts = dict(hosts or {})
         self._keys: dict[str, jwt.PyJWK] = {}
         self._lock = threading.Lock()
         self.fetches = 0  # how many times the JWKS was downloaded (tests check the caching)
+        # Every GET as (url, address connected to): where the keys really came from.
+        self.fetched: list[tuple[str, str]] = []
 
     def key(self, kid: str | None) -> jwt.PyJWK:
         with self._lock:
@@ -101,14 +115,30 @@ class IssuerKeys:
         return self._keys.get(kid) if kid is not None else None
 
     def _get_json(self, url: str) -> Any:
-        if not url.startswith("https://"):
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
             raise TokenRejected(Failure.KEYS_UNAVAILABLE, f"{url} is not HTTPS")
+        host = parts.hostname
+        address = self._hosts.get(host, host)
+        port = parts.port or 443
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            with urllib.request.urlopen(
-                url, context=self._context, timeout=FETCH_TIMEOUT_SECONDS
-            ) as response:
-                return json.load(response)
-        except (OSError, ValueError) as e:
+            raw = socket.create_connection((address, port), timeout=FETCH_TIMEOUT_SECONDS)
+            # The certificate must name the host of the URL, whatever address it resolved to.
+            tls = self._context.wrap_socket(raw, server_hostname=host)
+            connection = http.client.HTTPConnection(parts.netloc, timeout=FETCH_TIMEOUT_SECONDS)
+            connection.sock = tls
+            try:
+                connection.request("GET", target, headers={"Accept": "application/json"})
+                response = connection.getresponse()
+                body = response.read()
+            finally:
+                connection.close()
+            self.fetched.append((url, address))
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status} {response.reason}")
+            return json.loads(body)
+        except (OSError, ValueError, http.client.HTTPException) as e:
             raise TokenRejected(Failure.KEYS_UNAVAILABLE, f"GET {url}: {e}") from e
 
     def _fetch(self) -> dict[str, jwt.PyJWK]:

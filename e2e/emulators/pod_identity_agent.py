@@ -64,6 +64,7 @@ class PodIdentityAgentEmulator(EmulatorServer):
         account_id: str,
         associations: Mapping[tuple[str, str], str],
         ssl_context: ssl.SSLContext | None = None,
+        issuer_hosts: Mapping[str, str] | None = None,
         cluster_name: str = "cluster",
         credentials: CredentialStore | None = None,
         allowed_hosts: Sequence[str] | None = None,
@@ -77,7 +78,7 @@ class PodIdentityAgentEmulator(EmulatorServer):
         self.credentials = credentials or CredentialStore()
         self.allowed_hosts = tuple(allowed_hosts or (host,))
         self.audience = audience
-        self._keys = IssuerKeys(self.issuer, ssl_context)
+        self._keys = IssuerKeys(self.issuer, ssl_context, issuer_hosts)
 
     def handle(self, request: Request) -> Response:
         if request.path != "/v1/credentials":

@@ -82,11 +82,16 @@ class StsEmulator(EmulatorServer):
         }
         self.credentials = credentials or CredentialStore()
         self._keys = {
-            issuer: IssuerKeys(issuer, p.ssl_context) for issuer, p in self.providers.items()
+            issuer: IssuerKeys(issuer, p.ssl_context, p.hosts)
+            for issuer, p in self.providers.items()
         }
 
     def jwks_fetches(self, issuer: str) -> int:
         return self._keys[issuer.rstrip("/")].fetches
+
+    def issuer_fetches(self, issuer: str) -> list[tuple[str, str]]:
+        """Every GET made for `issuer`'s keys as (url, address connected to)."""
+        return list(self._keys[issuer.rstrip("/")].fetched)
 
     def handle(self, request: Request) -> Response:
         params = request.params()

@@ -80,6 +80,17 @@ _TOOLS = (
 )
 
 
+_SERVICE_ACCOUNT_KEY_FLAGS = (
+    "--service-account-key-file=",
+    "--service-account-signing-key-file=",
+)
+
+
+def _service_account_key_args(public: Sequence[Path], signing: Path) -> list[str]:
+    keys = [f"--service-account-key-file={p}" for p in public]
+    return [*keys, f"--service-account-signing-key-file={signing}"]
+
+
 class NodeError(RuntimeError):
     """A component failed to start, died, or the node did not become usable."""
 
@@ -112,6 +123,8 @@ class Node:
         log_dir: Path | None = None,
         extra_apiserver_args: Sequence[str] = (),
         ready_timeout: float = 180.0,
+        issuer: str | None = None,
+        service_account_jwks_uri: str | None = None,
     ) -> None:
         missing = [n for n in _TOOLS if not os.access(tools / n, os.X_OK)]
         if missing:
@@ -132,7 +145,10 @@ class Node:
         self.node_ip = NODE_IP
         self.node_name = NODE_NAME
         self.api_url = f"https://{NODE_IP}"  # API_PORT is 443: like EKS's, no port in it
-        self.issuer = self.api_url
+        # An external issuer (e2e/node/issuer.py), as self-managed clusters have; by
+        # default the API server is its own issuer, as on EKS.
+        self.issuer = issuer or self.api_url
+        self.service_account_jwks_uri = service_account_jwks_uri
         self.helm_path = tools / "helm"
         self.kubeconfig = self.state_dir / "admin.kubeconfig"
         self.cgroup_root = "/" + self._run.name
@@ -302,8 +318,12 @@ class Node:
                 # For the public OIDC discovery endpoints; RBAC still gates the rest.
                 "--anonymous-auth=true",
                 f"--service-account-issuer={self.issuer}",
-                f"--service-account-key-file={pki.sa_pub_file}",
-                f"--service-account-signing-key-file={pki.sa_key_file}",
+                *_service_account_key_args([pki.sa_pub_file], pki.sa_key_file),
+                *(
+                    [f"--service-account-jwks-uri={self.service_account_jwks_uri}"]
+                    if self.service_account_jwks_uri
+                    else []
+                ),
                 f"--api-audiences={','.join((self.issuer, *_API_AUDIENCES))}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # exec/logs/port-forward: to the node IP, mutually authenticated.
@@ -321,12 +341,29 @@ class Node:
         )
         pki.kubeconfig(self.kubeconfig, self.api_url, pki.admin)
         self.rest = Rest(self.api_url, pki.ca_file, pki.admin.cert, pki.admin.key)
+        self._wait_apiserver_ready(apiserver)
+        self._allow_public_oidc_discovery()
 
+    def _wait_apiserver_ready(self, apiserver: _Server) -> None:
         def ready() -> bool:
             return self.rest.request("GET", "/readyz", timeout=3)[0] == 200
 
         self._wait(apiserver, ready, "kube-apiserver /readyz", 90.0)
-        self._allow_public_oidc_discovery()
+
+    def restart_apiserver(
+        self, *, service_account_key_files: Sequence[Path], service_account_signing_key_file: Path
+    ) -> None:
+        """Restarts kube-apiserver with other service-account keys, as a key rotation does
+        (verifying with old and new public keys, signing with the new), until it is ready."""
+        apiserver = next(s for s in self._servers if s.name == "kube-apiserver")
+        kept = [a for a in apiserver.args if not a.startswith(_SERVICE_ACCOUNT_KEY_FLAGS)]
+        keys = _service_account_key_args(
+            service_account_key_files, service_account_signing_key_file
+        )
+        apiserver.stop(timeout=30.0)
+        apiserver.args = [*kept, *keys]
+        apiserver.start()
+        self._wait_apiserver_ready(apiserver)
 
     def _allow_public_oidc_discovery(self) -> None:
         # As on EKS: the issuer's discovery document and JWKS are public.

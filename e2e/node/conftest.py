@@ -9,6 +9,8 @@ Fixtures (session-scoped):
   node_images  e2e.images.Images, built (or taken from the cache) before anything else
   node         a started e2e.node.cluster.Node with every image of node_images imported
   node_api     the node's admin kubernetes.client.ApiClient
+  issuer_site  the node's external service-account issuer (e2e/node/issuer.py), serving
+               what `oidc keys` / `oidc discovery` made from the signing key
 
 Needs root. Without it, or without the tools (no Go and no prebuilt binaries), the
 fixtures skip, unless PIW_E2E_REQUIRED=1, where that is a failure.
@@ -30,6 +32,7 @@ from e2e.controlplane import ToolsUnavailable, tools_dir
 from e2e.images import Image, Images, build_images
 from e2e.node import summary
 from e2e.node.cluster import Node
+from e2e.node.issuer import ISSUER_URL, JWKS_NAME, LISTEN_PORT, IssuerSite
 from e2e.node.walkthrough import Release, install_webhook, uninstall_webhook
 
 
@@ -82,6 +85,9 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pause_archive=node_images.pause.archive,
         pause_ref=node_images.pause.ref,
         log_dir=tmp_path_factory.mktemp("node-logs"),
+        # Tokens for an external issuer, as a self-managed cluster's (see issuer_site).
+        issuer=ISSUER_URL,
+        service_account_jwks_uri=f"{ISSUER_URL}/{JWKS_NAME}",
     )
     # SIGTERM (a CI timeout, `kill`) as Ctrl-C: pytest then stops and runs the teardown.
     # Only SIGKILL leaves leftovers, and the next run's start removes those.
@@ -105,6 +111,20 @@ def node(node_images: Images, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="session")
 def node_api(node: Node) -> k8s_client.ApiClient:
     return node.api
+
+
+@pytest.fixture(scope="session")
+def issuer_site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IssuerSite]:
+    """The static HTTPS site at the node's issuer URL (192.0.2.20:443 in the node's network
+    namespace), publishing the documents made from the signing key file as a user makes them."""
+    site = IssuerSite(tmp_path_factory.mktemp("issuer-site"), listen_port=LISTEN_PORT)
+    assert site.issuer == node.issuer, (site.issuer, node.issuer)
+    site.start(node.netns.name)
+    try:
+        site.publish([node.pki.sa_key_file])
+        yield site
+    finally:
+        site.stop()
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,13 @@ CNI_NETWORK = {
     "plugins": [{"type": "piw-no-pod-network"}],
 }
 _SHIM_SOCKET_DIR = Path("/run/containerd/s")
-_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
+# iptables: the external issuer's port mapping (e2e/node/issuer.py).
+_PACKAGES = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "iptables": "iptables",
+}
 
 
 def ensure_installed() -> None:

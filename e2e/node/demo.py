@@ -94,6 +94,7 @@ def _supervise() -> None:
     from e2e.controlplane import tools_dir
     from e2e.images import build_images
     from e2e.node.cluster import Node
+    from e2e.node.issuer import LISTEN_PORT, IssuerSite
     from e2e.node.walkthrough import (
         AGENT_NAMESPACE,
         DEMO_NAMESPACE,
@@ -115,18 +116,24 @@ def _supervise() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     images = build_images()
+    # The issuer is a static HTTPS site, as a self-managed cluster's (e2e/node/issuer.py).
+    site = IssuerSite(STATE / "issuer", listen_port=LISTEN_PORT)
     node = Node(
         tools_dir(),
         pause_archive=images.pause.archive,
         pause_ref=images.pause.ref,
         log_dir=STATE / "logs",
+        issuer=site.issuer,
+        service_account_jwks_uri=site.jwks_uri,
     )
     node.start()
     try:
+        site.start(node.netns.name)
+        site.publish([node.pki.sa_key_file])
         for image in (images.base, images.webhook, images.demo):
             node.import_image(image.archive, image.ref)
         install_webhook(node, images)
-        with aws_emulators(node, sts_port=STS_PORT) as aws:
+        with aws_emulators(node, site, sts_port=STS_PORT) as aws:
             roles = RolesFile(ROLES_FILE)
             if not ROLES_FILE.exists():
                 ROLES_FILE.write_text("{}\n")
@@ -146,6 +153,7 @@ def _supervise() -> None:
                 "sts": aws.sts.url,
                 "roles_file": str(ROLES_FILE),
                 "demo_image": images.demo.ref,
+                "issuer": site.issuer,
             }
             _write_result(result)
             while not stop:
@@ -154,6 +162,8 @@ def _supervise() -> None:
                     print(f"demo: {error}", flush=True)  # into the supervisor's log
                 time.sleep(0.5)
     finally:
+        site.stop()
+        shutil.rmtree(site.workdir, ignore_errors=True)  # its test CA and the published files
         node.stop()
 
 

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.node import demo, summary
 from e2e.node.cluster import Node
+from e2e.node.issuer import IssuerSite
 from e2e.node.walkthrough import Release, aws_emulators, trust_policy, typed_api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +46,11 @@ def shop_namespace_removed(node: Node) -> Iterator[None]:
 
 
 def test_the_guides_steps_give_ones_own_pod_credentials(
-    node: Node, release: Release, tmp_path: Path, shop_namespace_removed: None
+    node: Node,
+    release: Release,
+    issuer_site: IssuerSite,
+    tmp_path: Path,
+    shop_namespace_removed: None,
 ) -> None:
     block = guide_block()
     assert f"http://{GUIDE_NODE_IP}:{demo.STS_PORT}" in block, "the demo's stable STS address"
@@ -62,7 +67,7 @@ def test_the_guides_steps_give_ones_own_pod_credentials(
 
     roles = demo.RolesFile(roles_path)
     stop = threading.Event()
-    with aws_emulators(node, sts_port=demo.STS_PORT) as aws:
+    with aws_emulators(node, issuer_site, sts_port=demo.STS_PORT) as aws:
 
         def supervise() -> None:  # what the demo's supervisor does every half second
             while not stop.wait(0.2):

@@ -22,6 +22,7 @@ from e2e.images import Images
 from e2e.images.sdks import SDK_PROGRAMS
 from e2e.node import summary
 from e2e.node.cluster import Node
+from e2e.node.issuer import IssuerSite
 from e2e.node.walkthrough import (
     ACCOUNT_ID,
     AGENT_NAMESPACE,
@@ -86,8 +87,10 @@ def sdk_pod(images: Images, service_account: str, sts_url: str) -> dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def aws(node: Node, node_images: Images, release: Release) -> Iterator[AwsEmulators]:
-    with aws_emulators(node) as emulators:
+def aws(
+    node: Node, node_images: Images, release: Release, issuer_site: IssuerSite
+) -> Iterator[AwsEmulators]:
+    with aws_emulators(node, issuer_site) as emulators:
         for mode in MODES:
             annotations = {ROLE_ANNOTATION: mode.role_arn} if mode is IRSA else {}
             ensure_namespace(node, mode.namespace)

@@ -3,11 +3,13 @@ botocore gets AWS credentials from nothing but what the webhook injected.
 
 The API server, the kubelet (which mounts the projected token), the webhook pods installed by
 the chart and botocore are all real; only AWS is emulated (e2e/emulators, on pyjwt), verifying
-the token against the JWKS the cluster publishes and evaluating the role's trust policy.
+the token against the JWKS published at the cluster's external issuer (a static HTTPS site, as a
+self-managed cluster's S3 bucket) and evaluating the role's trust policy.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +18,7 @@ from e2e.emulators import Call
 from e2e.images import Images
 from e2e.node import summary
 from e2e.node.cluster import Node
+from e2e.node.issuer import DISCOVERY_PATH, IssuerSite
 from e2e.node.walkthrough import (
     ACCOUNT_ID,
     AGENT_NAMESPACE,
@@ -42,8 +45,10 @@ ROLE_NAME = DEMO_ROLE_ARN.rsplit("/", 1)[1]
 
 
 @pytest.fixture(scope="module")
-def aws(node: Node, node_images: Images, release: Release) -> Iterator[AwsEmulators]:
-    with aws_emulators(node) as emulators:
+def aws(
+    node: Node, node_images: Images, release: Release, issuer_site: IssuerSite
+) -> Iterator[AwsEmulators]:
+    with aws_emulators(node, issuer_site) as emulators:
         apply_demo_objects(node, node_images, emulators)
         yield emulators
 
@@ -141,3 +146,24 @@ def test_pod_identity_mode_gets_credentials_from_the_agent_with_the_token_file(
     assert report.caller_arn is not None and f":assumed-role/{role_name}/" in report.caller_arn
     assert any(c.ok for c in aws.agent.calls)
     summary.add(f"walkthrough: Pod Identity in {AGENT_NAMESPACE}/{DEMO_POD} -> {report.caller_arn}")
+
+
+def test_the_issuer_documents_come_from_the_external_site_never_the_api_server(
+    node: Node, aws: AwsEmulators, issuer_site: IssuerSite
+) -> None:
+    probe_pod(node, DEMO_NAMESPACE, DEMO_POD)  # at least one token verified
+    probe_pod(node, AGENT_NAMESPACE, DEMO_POD)
+
+    fetched = aws.sts.issuer_fetches(node.issuer)
+    assert (f"{node.issuer}{DISCOVERY_PATH}", issuer_site.address) in fetched
+    assert (issuer_site.jwks_uri, issuer_site.address) in fetched
+    assert {address for _, address in fetched} == {issuer_site.address} != {node.node_ip}
+    served = {(r.path, r.status) for r in issuer_site.served()}
+    assert {("/piw-node/.well-known/openid-configuration", 200), ("/piw-node/keys.json", 200)} <= (
+        served
+    )
+    # The API server knows the documents live elsewhere: its own discovery names the site.
+    status, raw = node.rest.request("GET", DISCOVERY_PATH)
+    assert status == 200
+    assert json.loads(raw)["jwks_uri"] == issuer_site.jwks_uri
+    summary.add(f"issuer: {node.issuer} served outside the API server")

@@ -10,8 +10,9 @@ guide does:
         report = probe_pod(node, DEMO_NAMESPACE, DEMO_POD)
 
 Everything runs inside the node's network namespace: the pod reaches the STS emulator at the
-node IP, the agent emulator at 169.254.170.23, and the emulators fetch the JWKS the API server
-publishes at its issuer's discovery document.
+node IP, the agent emulator at 169.254.170.23. Given an external issuer (e2e/node/issuer.py, as
+the node suites run), the emulators fetch discovery and keys.json from that site, never from the
+API server; without one, from the API server's own discovery endpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import webhook
 from e2e.emulators import CredentialStore, OidcProvider, PodIdentityAgentEmulator, StsEmulator
 from e2e.images import Images
 from e2e.node.cluster import AGENT_IP, Node
+from e2e.node.issuer import IssuerSite
 
 __all__ = [
     "ACCOUNT_ID",
@@ -272,12 +274,22 @@ def _free_port(host: str) -> int:
 
 
 @contextlib.contextmanager
-def aws_emulators(node: Node, *, sts_port: int | None = None) -> Iterator[AwsEmulators]:
+def aws_emulators(
+    node: Node, site: IssuerSite | None = None, *, sts_port: int | None = None
+) -> Iterator[AwsEmulators]:
     """STS on the node IP (on `sts_port`, default a free one) and the Pod Identity agent on
-    169.254.170.23:80, both trusting the cluster's issuer (reached over HTTPS with the cluster
-    CA, as IAM reaches a public one)."""
-    issuer_ssl = ssl.create_default_context(cafile=str(node.ca_file))
-    provider = OidcProvider(node.issuer, ["sts.amazonaws.com"], issuer_ssl)
+    169.254.170.23:80, both trusting the cluster's issuer as an IAM OIDC provider does: its
+    URL, client IDs and trusted CA. With `site`, that is the external issuer's (its CA, its
+    host name); else the API server's."""
+    if site is not None:
+        if node.issuer != site.issuer:
+            raise ValueError(f"the node issues tokens for {node.issuer}, not {site.issuer}")
+        issuer_ssl = site.client_context()
+        hosts = site.hosts
+    else:
+        issuer_ssl = ssl.create_default_context(cafile=str(node.ca_file))
+        hosts = {}
+    provider = OidcProvider(node.issuer, ["sts.amazonaws.com"], issuer_ssl, hosts)
     store = CredentialStore()
     sts = StsEmulator(
         node.node_ip,
@@ -294,6 +306,7 @@ def aws_emulators(node: Node, *, sts_port: int | None = None) -> Iterator[AwsEmu
         account_id=ACCOUNT_ID,
         associations={(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT): AGENT_ROLE_ARN},
         ssl_context=issuer_ssl,
+        issuer_hosts=hosts,
         credentials=store,
     )
     sts.start()
