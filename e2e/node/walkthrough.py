@@ -9,9 +9,10 @@ guide does:
         apply_demo_objects(node, aws)                    # namespace, ServiceAccount, pod
         report = probe_pod(node, DEMO_NAMESPACE, DEMO_POD)
 
-Everything runs inside the node's network namespace: the pod reaches the STS emulator at the
-node IP, the agent emulator at 169.254.170.23, and the emulators fetch the JWKS the API server
-publishes at its issuer's discovery document.
+Everything runs inside the node's network namespace. The webhook (the chart's defaults: no
+hostNetwork) and the demo pods run on the pod network; a pod reaches the STS emulator at the node
+IP and the agent emulator at 169.254.170.23 through its gateway, and the emulators fetch the
+JWKS the API server publishes at its issuer's discovery document.
 """
 
 from __future__ import annotations
@@ -101,13 +102,12 @@ class Release:
 
 
 def webhook_values(images: Images, **overrides: Any) -> dict[str, Any]:
-    """Chart values for this node: the locally built image, host network, IRSA flags on."""
+    """Chart values for this node: the locally built image, IRSA flags on, the chart's own
+    defaults for the rest (pod network; pass `hostNetwork=True` for the host-network option)."""
     repository, _, tag = images.webhook.ref.rpartition(":")
     values: dict[str, Any] = {
         # The README's form: the repository names its registry, the chart renders it as is.
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        # No CNI on this node: every pod uses the host network (see e2e/node/cluster.py).
-        "hostNetwork": True,
         "config": {
             "awsDefaultRegion": REGION,
             "stsRegionalEndpoint": True,
@@ -318,7 +318,6 @@ def demo_pod(name: str, service_account: str, images: Images, sts_url: str) -> d
         "metadata": {"name": name, "labels": {"app": "irsa-demo"}},
         "spec": {
             "serviceAccountName": service_account,
-            "hostNetwork": True,
             "terminationGracePeriodSeconds": 1,
             "securityContext": {"runAsNonRoot": True, "runAsUser": DEMO_UID},
             "containers": [
