@@ -66,6 +66,7 @@ NODE_IP = "192.0.2.10"  # TEST-NET-1: never routed anywhere
 SERVICE_CIDR = "198.19.0.0/16"  # RFC 2544 benchmarking range, as the pods' (cni.POD_CIDR)
 KUBERNETES_SERVICE_IP = "198.19.0.1"  # the first address: the API server allocates it
 POD_CIDR = cni.POD_CIDR
+ENDPOINT_BATCH_SECONDS = 1
 AGENT_IP = "169.254.170.23"
 API_PORT = 443
 NODE_NAME = "piw-node"
@@ -375,6 +376,10 @@ class Node:
                 f"--root-ca-file={pki.ca_file}",
                 f"--cluster-signing-cert-file={pki.ca_file}",
                 f"--cluster-signing-key-file={pki.ca_key_file}",
+                # Endpoint changes reach the API server up to 1 s late, as on a loaded or
+                # multi-server control plane: a replica that stops listening before its
+                # endpoint is gone is then dialled (test_rollout.py's control shows it).
+                f"--endpointslice-updates-batch-period={ENDPOINT_BATCH_SECONDS}s",
             ],
         )
         sched_config = pki.kubeconfig(

@@ -187,7 +187,8 @@ def uninstall_webhook(node: Node, release: Release) -> None:
 
 
 def wait_rollout(node: Node, release: Release, *, timeout: float = 180.0) -> None:
-    """Until the Deployment's newest ReplicaSet has all replicas Ready and no old pod is left."""
+    """Until the Deployment's newest ReplicaSet has all replicas Ready, no old pod is left, and
+    the Service has as many ready endpoints."""
     apps = typed_api(k8s_client.AppsV1Api, node.api)
     deadline = time.monotonic() + timeout
     status: Any = None
@@ -200,10 +201,25 @@ def wait_rollout(node: Node, release: Release, *, timeout: float = 180.0) -> Non
             and status.updated_replicas == want
             and status.ready_replicas == want
             and status.replicas == want
+            and _ready_endpoints(node, release) == want
         ):
             return
         time.sleep(0.5)
     raise AssertionError(f"{release.deployment} did not roll out in {timeout:.0f}s: {status}")
+
+
+def _ready_endpoints(node: Node, release: Release) -> int:
+    """Ready endpoints of the webhook's Service: what the API server dials. They trail the pods'
+    readiness (the controller-manager batches EndpointSlice updates, see cluster.py)."""
+    discovery = typed_api(k8s_client.DiscoveryV1Api, node.api)
+    selector = f"kubernetes.io/service-name={release.deployment}"
+    slices = discovery.list_namespaced_endpoint_slice(release.namespace, label_selector=selector)
+    return sum(
+        1
+        for s in slices.items
+        for e in s.endpoints or []
+        if e.conditions is not None and e.conditions.ready
+    )
 
 
 def describe_release(node: Node, release: Release) -> str:
