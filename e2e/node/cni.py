@@ -11,12 +11,14 @@ Everything the plugins create lives inside the node's namespace (the bridge, the
 the veths, portmap's iptables rules) or under the run's state dir (host-local's leases,
 containerd's pod network namespaces, see containerd.write_config), and goes with them. The
 one thing outside is libcni's result cache, /var/lib/cni/results/<network>-<sandbox>-<if>:
-the network is named after the run, so `leftovers(run_name)` finds a dead run's files.
+the network is named after the run, and containerd's loopback network's files are found by the
+run's sandbox ids, so `leftovers` finds a dead run's files.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,11 @@ def prepare_namespace(netns: NetNamespace) -> None:
         )
 
 
-def leftovers(network_name: str) -> list[Path]:
-    """libcni's cached results for pods of the network `network_name` (one run's)."""
+def leftovers(network_name: str, sandbox_ids: Iterable[str] = ()) -> list[Path]:
+    """libcni's cached results for pods of the network `network_name` (one run's), and those
+    of containerd's own `cni-loopback` network for the sandboxes `sandbox_ids` (a killed run's
+    pods never get the CNI DEL that removes them)."""
     if not RESULTS_DIR.is_dir():
         return []
-    return sorted(RESULTS_DIR.glob(f"{network_name}-*"))
+    loopback = [RESULTS_DIR / f"cni-loopback-{sandbox}-lo" for sandbox in sandbox_ids]
+    return sorted([*RESULTS_DIR.glob(f"{network_name}-*"), *(p for p in loopback if p.exists())])

@@ -73,6 +73,11 @@ class ContainerdLayout:
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
 
+    def task_ids(self) -> set[str]:
+        """Ids of the containers and pod sandboxes this instance ran (their bundle dirs)."""
+        bundles = self.state / "io.containerd.runtime.v2.task" / "k8s.io"
+        return {p.name for p in bundles.iterdir()} if bundles.is_dir() else set()
+
     def shim_sockets(self) -> set[Path]:
         """The sockets of this instance's shims. containerd 1.6 puts them in
         /run/containerd/s whatever its own state dir, and a SIGKILLed shim leaves its

@@ -71,6 +71,7 @@ class Run:
         """
         ns = NetNamespace(self.name)
         shim_sockets = self.containerd.shim_sockets()
+        cni_cache = cni.leftovers(self.name, self.containerd.task_ids())
         for _ in range(2):  # a dying containerd may still have spawned a shim
             pids = cgroups.pids_in(self.name)
             pids |= cleanup.pids_mentioning(f"{self.state_dir}/")
@@ -81,7 +82,7 @@ class Run:
         cgroups.remove(self.name)
         ns.delete()
         leftovers = [*cleanup.container_log_links(self.state_dir), *shim_sockets]
-        for link in [*leftovers, *cni.leftovers(self.name)]:
+        for link in [*leftovers, *cni_cache]:
             link.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 

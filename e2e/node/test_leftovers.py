@@ -74,6 +74,7 @@ def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     (bundle / "address").write_text(f"unix://{socket}")
     cni.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (cni.RESULTS_DIR / f"{run.name}-0123abcd-eth0").write_text("{}")
+    (cni.RESULTS_DIR / "cni-loopback-sandbox-lo").write_text("{}")  # the bundle's id above
     lease = run.containerd.cni_ipam_dir / run.name / "198.18.0.2"
     lease.parent.mkdir(parents=True)
     lease.write_text("0123abcd\neth0")
@@ -107,6 +108,7 @@ def test_the_sweep_removes_everything_a_dead_run_left(
     assert cleanup.container_log_links(run.state_dir) == []
     assert not (SHIM_SOCKETS / f"piw-test-{run.id}").exists()
     assert cni.leftovers(run.name) == []
+    assert not (cni.RESULTS_DIR / "cni-loopback-sandbox-lo").exists()
 
 
 def test_a_run_known_only_by_its_cni_cache_is_swept(state_root: Path) -> None:
