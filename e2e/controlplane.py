@@ -58,7 +58,8 @@ TOOL_NAMES = ("kube-apiserver", "etcd", "helm", "amazon-eks-pod-identity-webhook
 # build.sh's status for "no Go and no prebuilt binaries": callers skip rather than fail.
 EXIT_TOOLS_UNAVAILABLE = 3
 
-DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+# RFC 2544 benchmarking range (never a private range a machine may use), as the node's.
+DEFAULT_SERVICE_CIDR = "198.19.0.0/16"
 DEFAULT_API_AUDIENCES = ("https://kubernetes.default.svc",)
 
 

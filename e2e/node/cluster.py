@@ -12,16 +12,16 @@ enters it), so the node has a real, non-loopback IP and nothing can leave the ma
     finally:
         node.stop()
 
-Addresses inside the namespace, all on one bridge device:
-  192.0.2.10      the node IP: API server (:443), kubelet (:10250), hostNetwork pods
-  10.96.0.1       the `kubernetes` Service IP. No kube-proxy runs, so instead of a
-                  NAT rule the address is local and the API server listens on 443, the
-                  Service's port: in-cluster clients reach it as on any cluster.
+Addresses inside the namespace (never 10/8, 172.16/12 or 192.168/16):
+  192.0.2.10      the node IP, on an inert bridge (piw0): API server (:443), kubelet
+                  (:10250), hostNetwork pods
+  198.18.0.0/24   the pod network (cni.py): CNI bridge + host-local, gateway 198.18.0.1
+  198.19.0.0/16   the Service CIDR; kube-proxy (kubeproxy.py) DNATs its ClusterIPs, e.g.
+                  198.19.0.1:443, the `kubernetes` Service, to 192.0.2.10:443
   169.254.170.23  the EKS Pod Identity agent's address, for an agent emulator.
 
-Pods must be `hostNetwork: true` with `imagePullPolicy: Never` (nothing can be pulled;
-see `import_image`). The node is Ready: containerd loads a CNI config naming a plugin
-that does not exist (see containerd.CNI_NETWORK), which hostNetwork pods never call.
+Pods use `imagePullPolicy: Never` (nothing can be pulled; see `import_image`); they run on
+the pod network unless they ask for `hostNetwork: true`. No route leads out of the namespace.
 
 Every start first removes what killed runs left behind (runs.sweep_dead_runs), and
 `stop()` removes all of this run: processes, mounts, cgroups, the namespace, files.
@@ -44,7 +44,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from e2e.controlplane import _Server, _tail
-from e2e.node import cgroups, containerd, pods, runs
+from e2e.node import cgroups, cni, containerd, kubeproxy, pods, runs
 from e2e.node.netns import NetNamespace
 from e2e.node.pki import NodePKI
 from e2e.node.rest import ApiError, Rest
@@ -56,13 +56,17 @@ __all__ = [
     "KUBERNETES_SERVICE_IP",
     "NODE_IP",
     "NODE_NAME",
+    "POD_CIDR",
+    "SERVICE_CIDR",
     "Node",
     "NodeError",
 ]
 
 NODE_IP = "192.0.2.10"  # TEST-NET-1: never routed anywhere
-KUBERNETES_SERVICE_IP = "10.96.0.1"
-SERVICE_CIDR = "10.96.0.0/12"
+SERVICE_CIDR = "198.19.0.0/16"  # RFC 2544 benchmarking range, as the pods' (cni.POD_CIDR)
+KUBERNETES_SERVICE_IP = "198.19.0.1"  # the first address: the API server allocates it
+POD_CIDR = cni.POD_CIDR
+ENDPOINT_BATCH_SECONDS = 1
 AGENT_IP = "169.254.170.23"
 API_PORT = 443
 NODE_NAME = "piw-node"
@@ -75,6 +79,7 @@ _TOOLS = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
+    "kube-proxy",
     "kubectl",
     "helm",
 )
@@ -191,8 +196,9 @@ class Node:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._phase("cleanup of dead runs")
             self.netns = NetNamespace.create(
-                self._run.name, [NODE_IP, KUBERNETES_SERVICE_IP, AGENT_IP]
+                self._run.name, [NODE_IP, AGENT_IP], routes=[SERVICE_CIDR]
             )
+            cni.prepare_namespace(self.netns)
             self.netns.enter()
             cgroups.create(self._run.name)
             self.pki = NodePKI(
@@ -221,6 +227,8 @@ class Node:
             self._start_kubelet()
             self._wait_node_ready()
             self._phase("kubelet registered, node Ready")
+            self._start_kube_proxy()
+            self._phase("kube-proxy: the kubernetes Service reachable")
             self._wait_controllers_working()
             self._phase("controller-manager: default SA and kube-root-ca.crt")
             self.timings["total"] = round(time.monotonic() - t0, 2)
@@ -331,7 +339,8 @@ class Node:
                 f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
                 f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
                 f"--kubelet-certificate-authority={pki.ca_file}",
-                # No kube-proxy: call webhook Services through their endpoints.
+                # Webhook Services are called through their endpoints (pod IPs), resolved by
+                # the API server itself, with its pooled keep-alive connections to each.
                 "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
                 "--profiling=false",
@@ -404,6 +413,10 @@ class Node:
                 f"--root-ca-file={pki.ca_file}",
                 f"--cluster-signing-cert-file={pki.ca_file}",
                 f"--cluster-signing-key-file={pki.ca_key_file}",
+                # Endpoint changes reach the API server up to 1 s late, as on a loaded or
+                # multi-server control plane: a replica that stops listening before its
+                # endpoint is gone is then dialled (test_rollout.py's control shows it).
+                f"--endpointslice-updates-batch-period={ENDPOINT_BATCH_SECONDS}s",
             ],
         )
         sched_config = pki.kubeconfig(
@@ -422,7 +435,8 @@ class Node:
     def _start_containerd(self) -> None:
         layout = self._containerd
         layout.directory.mkdir(parents=True, exist_ok=True)
-        containerd.write_config(layout, sandbox_image=self.pause_ref)
+        network = cni.network_config(self._run.name, layout.cni_ipam_dir)
+        containerd.write_config(layout, sandbox_image=self.pause_ref, network=network)
         server = self._server("containerd", ["containerd", f"--config={layout.config}"])
 
         def serving() -> bool:
@@ -492,6 +506,20 @@ class Node:
                 "--v=1",
             ],
         )
+
+    def _start_kube_proxy(self) -> None:
+        kubeconfig = self.pki.kubeconfig(
+            self.state_dir / "kube-proxy.kubeconfig", self.api_url, self.pki.kube_proxy
+        )
+        config = kubeproxy.write_config(
+            self.state_dir / "kube-proxy-config.json",
+            kubeconfig=kubeconfig,
+            node_name=NODE_NAME,
+            cluster_cidr=POD_CIDR,
+        )
+        server = self._server("kube-proxy", kubeproxy.command(self.tools / "kube-proxy", config))
+        what = f"kube-proxy: the kubernetes Service at {KUBERNETES_SERVICE_IP}:{API_PORT}"
+        self._wait(server, lambda: kubeproxy.reaches(KUBERNETES_SERVICE_IP, API_PORT), what, 60.0)
 
     def _kubelet(self) -> _Server:
         return next(s for s in self._servers if s.name == "kubelet")

@@ -7,12 +7,16 @@ so a containerd the machine may run is not disturbed and cannot interfere.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from e2e.node import cni
 
 __all__ = [
-    "CNI_NETWORK",
     "ContainerdLayout",
     "ensure_installed",
     "image_refs",
@@ -20,32 +24,25 @@ __all__ = [
     "write_config",
 ]
 
-# Pods are hostNetwork and never call a CNI plugin. The runtime reports NetworkReady
-# only once it has loaded *a* network config, so one names a plugin that does not
-# exist: the node becomes Ready (no not-ready taint, so pods need no test-only
-# tolerations) and a pod that does want a pod network fails with a clear error.
-CNI_NETWORK = {
-    "cniVersion": "1.0.0",
-    "name": "piw-host-network-only",
-    "plugins": [{"type": "piw-no-pod-network"}],
-}
 _SHIM_SOCKET_DIR = Path("/run/containerd/s")
-# iptables: the external issuer's port mapping (e2e/node/issuer.py).
-_PACKAGES = {
-    "containerd": "containerd",
-    "runc": "runc",
-    "ctr": "containerd",
-    "iptables": "iptables",
-}
+# A command (or an absolute path) and the Debian package providing it.
+_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd", **cni.PACKAGES}
+
+
+def _present(command: str) -> bool:
+    if command.startswith("/"):
+        return os.access(command, os.X_OK)
+    return shutil.which(command) is not None
 
 
 def ensure_installed() -> None:
-    """Installs containerd and runc from Debian if missing (CI may be a fresh machine).
+    """Installs containerd, runc, the CNI plugins and iptables from Debian if missing (CI may
+    be a fresh machine).
 
     Must run before the test process enters the node's network namespace: apt needs
     the network, and nothing routes out of that namespace.
     """
-    missing = sorted({pkg for cmd, pkg in _PACKAGES.items() if shutil.which(cmd) is None})
+    missing = sorted({pkg for cmd, pkg in _PACKAGES.items() if not _present(cmd)})
     if not missing:
         return
     # Wait for a concurrent apt (another suite installing its own tools) to finish.
@@ -69,12 +66,17 @@ class ContainerdLayout:
         self.socket = directory / "containerd.sock"
         self.runc_root = directory / "runc"
         self.cni_conf_dir = directory / "cni" / "net.d"
-        self.cni_bin_dir = directory / "cni" / "bin"
+        self.cni_ipam_dir = directory / "cni" / "ipam"  # host-local's leases
         self.snapshotter = "overlayfs"  # write_config() falls back to "native"
 
     @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
+
+    def task_ids(self) -> set[str]:
+        """Ids of the containers and pod sandboxes this instance ran (their bundle dirs)."""
+        bundles = self.state / "io.containerd.runtime.v2.task" / "k8s.io"
+        return {p.name for p in bundles.iterdir()} if bundles.is_dir() else set()
 
     def shim_sockets(self) -> set[Path]:
         """The sockets of this instance's shims. containerd 1.6 puts them in
@@ -107,11 +109,14 @@ def _overlay_works(probe_dir: Path) -> bool:
     return mounted.returncode == 0
 
 
-def write_config(layout: ContainerdLayout, *, sandbox_image: str) -> str:
-    """Writes config.toml and the CNI config; returns the snapshotter chosen."""
-    for d in (layout.root, layout.state, layout.runc_root, layout.cni_conf_dir, layout.cni_bin_dir):
+def write_config(
+    layout: ContainerdLayout, *, sandbox_image: str, network: Mapping[str, Any]
+) -> str:
+    """Writes config.toml and the CNI conflist `network` (cni.network_config); returns the
+    snapshotter chosen."""
+    for d in (layout.root, layout.state, layout.runc_root, layout.cni_conf_dir):
         d.mkdir(parents=True, exist_ok=True)
-    (layout.cni_conf_dir / "10-piw.conflist").write_text(json.dumps(CNI_NETWORK, indent=2))
+    (layout.cni_conf_dir / "10-piw.conflist").write_text(json.dumps(network, indent=2))
     snapshotter = "overlayfs" if _overlay_works(layout.directory / "overlay-probe") else "native"
     layout.snapshotter = snapshotter
     cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -136,6 +141,9 @@ state = "{layout.state}"
   restrict_oom_score_adj = true
   enable_selinux = false
   disable_apparmor = true
+  # Pods' network namespaces under the state dir, not /var/run/netns: a killed run's are
+  # unmounted and removed with the rest of its state.
+  netns_mounts_under_state_dir = true
 [{cri}.containerd]
   snapshotter = "{snapshotter}"
   default_runtime_name = "runc"
@@ -145,7 +153,7 @@ state = "{layout.state}"
   SystemdCgroup = false
   Root = "{layout.runc_root}"
 [{cri}.cni]
-  bin_dir = "{layout.cni_bin_dir}"
+  bin_dir = "{cni.BIN_DIR}"
   conf_dir = "{layout.cni_conf_dir}"
 """
     )

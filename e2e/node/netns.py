@@ -1,7 +1,8 @@
 """A network namespace of our own that carries the node's addresses.
 
-Nothing routes out of it: its only devices are `lo` and a bridge with no ports, so
-every connection made inside stays on this machine. The test process itself enters
+Nothing routes out of it: it has no default route, and its devices are `lo`, a bridge with no
+ports (the node's addresses) and what the CNI plugins add inside (cni.py), so every connection
+made inside stays on this machine. The test process itself enters
 it (`enter()`), so it reaches the node at its real IP, not through a port forward.
 """
 
@@ -41,7 +42,9 @@ def _ip(*args: str) -> None:
 
 
 class NetNamespace:
-    """`ip netns add NAME`, with `lo` up and `addresses` (as /32) on a bridge device."""
+    """`ip netns add NAME`, with `lo` up and `addresses` (as /32) on a bridge device, and
+    `routes` (CIDRs) to that device: addresses no interface holds but netfilter rewrites
+    (Service IPs: a local connection needs a route before kube-proxy's OUTPUT DNAT applies)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -49,7 +52,9 @@ class NetNamespace:
         self._original_fd: int | None = None
 
     @classmethod
-    def create(cls, name: str, addresses: Sequence[str]) -> NetNamespace:
+    def create(
+        cls, name: str, addresses: Sequence[str], routes: Sequence[str] = ()
+    ) -> NetNamespace:
         ns = cls(name)
         _ip("netns", "add", name)
         try:
@@ -59,6 +64,8 @@ class NetNamespace:
             for address in addresses:
                 _ip("-n", name, "addr", "add", f"{address}/32", "dev", BRIDGE)
             _ip("-n", name, "link", "set", BRIDGE, "up")
+            for cidr in routes:
+                _ip("-n", name, "route", "add", cidr, "dev", BRIDGE)
         except BaseException:
             ns.delete()
             raise

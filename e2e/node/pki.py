@@ -51,6 +51,8 @@ class NodePKI:
             "controller-manager", "system:kube-controller-manager", []
         )
         self.scheduler = self._client("scheduler", "system:kube-scheduler", [])
+        # Bound to the system:node-proxier ClusterRole by the bootstrap RBAC policy.
+        self.kube_proxy = self._client("kube-proxy", "system:kube-proxy", [])
 
         # RS256 service-account tokens, like EKS's.
         self.sa_key_file = directory / "sa.key"

@@ -16,7 +16,15 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL as _ERROR_CHANNEL
 
-__all__ = ["ExecResult", "PodNotReady", "exec_in_pod", "pod_events", "pod_logs", "wait_pod_ready"]
+__all__ = [
+    "ExecResult",
+    "PodNotReady",
+    "create_until_mutated",
+    "exec_in_pod",
+    "pod_events",
+    "pod_logs",
+    "wait_pod_ready",
+]
 
 # Waiting reasons that no amount of waiting fixes.
 _FATAL_WAITING = {
@@ -166,3 +174,27 @@ def wait_pod_ready(
         time.sleep(0.5)
     detail = _describe(api, last) if last is not None else "never created"
     raise PodNotReady(f"pod {namespace}/{pod} not Ready after {timeout:.0f}s:\n  {detail}")
+
+
+def create_until_mutated(
+    api: k8s_client.ApiClient, namespace: str, account: str, env_name: str, timeout: float = 30.0
+) -> Any:
+    """Creates scheduling-gated (never run) pods of `account` until the stored one carries
+    `env_name` or `timeout` passes; returns the last V1Pod. A new ServiceAccount reaches the
+    webhook's cache a moment after it is created, hence the retries."""
+    core: Any = k8s_client.CoreV1Api(api)  # takes plain dicts, which its stubs do not say
+    body: dict[str, Any] = {
+        "metadata": {"generateName": "probe-"},
+        "spec": {
+            "serviceAccountName": account,
+            "schedulingGates": [{"name": "piw.e2e/never-scheduled"}],
+            "containers": [{"name": "c", "image": "localhost/none:0"}],
+        },
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        pod: Any = core.create_namespaced_pod(namespace, body)
+        names = [e.name for e in pod.spec.containers[0].env or []]
+        if env_name in names or time.monotonic() > deadline:
+            return pod
+        time.sleep(1)

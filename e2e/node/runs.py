@@ -16,7 +16,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from e2e.node import cgroups, cleanup
+from e2e.node import cgroups, cleanup, cni
 from e2e.node.containerd import ContainerdLayout
 from e2e.node.netns import NETNS_DIR, NetNamespace, netns_inode
 
@@ -60,7 +60,9 @@ class Run:
 
     def remove_everything(self) -> None:
         """Kills the run's processes and removes its mounts, cgroups, namespace, files
-        (and the kubelet's links to its container logs, and its shims' sockets).
+        (and the kubelet's links to its container logs, its shims' sockets and libcni's
+        cached results). The namespace takes its netfilter rules, bridges and veths with it;
+        host-local's leases and the pods' network namespaces are in the state dir.
 
         Processes are found three ways, because any one of them can miss some: by
         network namespace (daemons, shims, hostNetwork containers), by cgroup (pod
@@ -69,6 +71,7 @@ class Run:
         """
         ns = NetNamespace(self.name)
         shim_sockets = self.containerd.shim_sockets()
+        cni_cache = cni.leftovers(self.name, self.containerd.task_ids())
         for _ in range(2):  # a dying containerd may still have spawned a shim
             pids = cgroups.pids_in(self.name)
             pids |= cleanup.pids_mentioning(f"{self.state_dir}/")
@@ -78,7 +81,8 @@ class Run:
         cleanup.unmount_under(self.state_dir)
         cgroups.remove(self.name)
         ns.delete()
-        for link in [*cleanup.container_log_links(self.state_dir), *shim_sockets]:
+        leftovers = [*cleanup.container_log_links(self.state_dir), *shim_sockets]
+        for link in [*leftovers, *cni_cache]:
             link.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -93,6 +97,8 @@ def _candidate_ids(state_root: Path) -> set[str]:
         ids |= {p.name for p in state_root.iterdir() if p.is_dir()}
     if LOCK_DIR.is_dir():
         ids |= {p.stem for p in LOCK_DIR.glob("*.lock")}
+    # libcni's cache outlives a run whose namespace and state dir are already gone.
+    ids |= {p.name[len(NAME_PREFIX) :][:6] for p in cni.leftovers(NAME_PREFIX.rstrip("-"))}
     for link in cleanup.container_log_links(state_root):
         ids.add(Path(os.readlink(link)).relative_to(state_root).parts[0])
     return {i for i in ids if _RUN_ID.fullmatch(i)}

@@ -1,14 +1,17 @@
 """The chart installed on a real node, as a user installs it: the locally built image runs as
 two Ready replicas (readiness waits for the ServiceAccount cache), the PDB is there, and the
-MutatingWebhookConfiguration's caBundle verifies the certificate the pods actually serve —
-in the default self-signed mode and with a Secret the user brings."""
+MutatingWebhookConfiguration's caBundle verifies the certificate the pods actually serve.
+
+The default install is the README's: no hostNetwork, so each replica has its own pod IP, the
+Service's EndpointSlice lists them and the API server calls them there. The host-network
+option is installed side by side, with a Secret the user brings."""
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import ssl
-import time
 from typing import Any
 
 import pytest
@@ -16,8 +19,11 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.images import Images
-from e2e.node.cluster import Node
+from e2e.node import summary
+from e2e.node.cluster import NODE_IP, POD_CIDR, SERVICE_CIDR, Node
+from e2e.node.pods import create_until_mutated
 from e2e.node.walkthrough import (
+    ROLE_ANNOTATION,
     Release,
     ensure_namespace,
     ensure_service_account,
@@ -33,35 +39,62 @@ def _webhook_config(node: Node, release: Release) -> Any:
     return api.read_mutating_webhook_configuration(release.deployment)
 
 
-def _served_certificate_verifies(node: Node, ca_bundle: bytes, service: Any, port: int) -> None:
-    """TLS handshake to the pods' host port, verified as the API server verifies it: against
-    the caBundle, for the Service's DNS name."""
+def _served_certificate_verifies(ca_bundle: bytes, service: Any, address: str, port: int) -> None:
+    """TLS handshake to one endpoint, verified as the API server verifies it: against the
+    caBundle, for the Service's DNS name."""
     context = ssl.create_default_context(cadata=ca_bundle.decode())
     hostname = f"{service.name}.{service.namespace}.svc"
     with (
-        socket.create_connection((node.node_ip, port), timeout=5) as raw,
+        socket.create_connection((address, port), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname=hostname) as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
-def _assert_installed(node: Node, release: Release, port: int) -> None:
+def _ready_pods(node: Node, release: Release) -> list[Any]:
     pods = webhook_pods(node, release)
-    ready = [
+    return [
         p
         for p in pods
         if p.metadata.deletion_timestamp is None
         and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
     ]
-    assert len(ready) == 2, [p.metadata.name for p in pods]
+
+
+def _endpoint_addresses(node: Node, namespace: str, service: str) -> set[str]:
+    """The ready addresses of the Service's EndpointSlices: what the API server dials."""
+    discovery = typed_api(k8s_client.DiscoveryV1Api, node.api)
+    slices = discovery.list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}"
+    ).items
+    return {
+        address
+        for s in slices
+        for e in s.endpoints or []
+        if e.conditions is None or e.conditions.ready is not False
+        for address in e.addresses
+    }
+
+
+def _assert_installed(node: Node, release: Release, port: int, *, host_network: bool) -> list[str]:
+    """Asserts two Ready replicas, the PDB, the endpoints and the caBundle; returns the
+    replicas' IPs."""
+    ready = _ready_pods(node, release)
+    assert len(ready) == 2, [p.metadata.name for p in webhook_pods(node, release)]
     for pod in ready:
         container = pod.spec.containers[0]
         assert container.image == release.values["image"]["repository"] + ":" + str(
             release.values["image"]["tag"]
         )
         assert container.readiness_probe.http_get.path == "/readyz"
-        assert pod.spec.host_network is True
+        assert bool(pod.spec.host_network) is host_network
         assert pod.spec.security_context.run_as_non_root is True
+    ips = sorted(p.status.pod_ip for p in ready)
+    if host_network:
+        assert ips == [NODE_IP, NODE_IP]
+    else:
+        assert len(set(ips)) == 2, ips
+        assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR) for ip in ips)
 
     policy = typed_api(k8s_client.PolicyV1Api, node.api)
     pdb = policy.read_namespaced_pod_disruption_budget(release.deployment, release.namespace)
@@ -69,42 +102,39 @@ def _assert_installed(node: Node, release: Release, port: int) -> None:
 
     config = _webhook_config(node, release)
     client_config = config.webhooks[0].client_config
+    service = client_config.service
+    assert _endpoint_addresses(node, service.namespace, service.name) == set(ips)
     ca_bundle = base64.b64decode(client_config.ca_bundle)
-    _served_certificate_verifies(node, ca_bundle, client_config.service, port)
+    for ip in sorted(set(ips)):
+        _served_certificate_verifies(ca_bundle, service, ip, port)
+    # And through the Service's ClusterIP (kube-proxy's DNAT), as an in-cluster client would.
+    core = typed_api(k8s_client.CoreV1Api, node.api)
+    cluster_ip = core.read_namespaced_service(service.name, service.namespace).spec.cluster_ip
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(SERVICE_CIDR)
+    _served_certificate_verifies(ca_bundle, service, cluster_ip, service.port or 443)
+    return ips
 
 
-def test_default_install_self_signed_two_ready_replicas_and_a_verifying_ca_bundle(
+def test_default_install_two_ready_replicas_on_pod_ips_behind_the_service_endpoints(
     node: Node, release: Release
 ) -> None:
-    _assert_installed(node, release, port=8443)
+    ips = _assert_installed(node, release, port=8443, host_network=False)
+    # The API server reaches them through those endpoints: a review mutates a pod.
+    ensure_namespace(node, "default-install")
+    role = "arn:aws:iam::111122223333:role/default-install"
+    ensure_service_account(node, "default-install", "app", {ROLE_ANNOTATION: role})
+    pod = create_until_mutated(node.api, "default-install", "app", "AWS_ROLE_ARN")
+    env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+    assert env.get("AWS_ROLE_ARN") == role
+    summary.add(f"default install: {len(ips)} replicas Ready on pod IPs {', '.join(ips)}")
 
 
-def _wait_mutated(node: Node, namespace: str, account: str, env_name: str) -> Any:
-    core = typed_api(k8s_client.CoreV1Api, node.api)
-    deadline = time.monotonic() + 30
-    while True:
-        pod = core.create_namespaced_pod(
-            namespace,
-            {
-                "metadata": {"generateName": "probe-"},
-                "spec": {
-                    "serviceAccountName": account,
-                    "schedulingGates": [{"name": "piw.e2e/never-scheduled"}],
-                    "containers": [{"name": "c", "image": "localhost/none:0"}],
-                },
-            },
-        )
-        names = [e.name for e in pod.spec.containers[0].env or []]
-        if env_name in names or time.monotonic() > deadline:
-            return pod
-        time.sleep(1)  # the ServiceAccount may not have reached the webhook's cache yet
-
-
-def test_existing_secret_install_serves_the_users_certificate(
+def test_host_network_install_with_an_existing_secret_serves_the_users_certificate(
     node: Node, node_images: Images, release: Release
 ) -> None:
-    """A second release, side by side with the default one: its own ports, its own annotation
-    domain (so only it mutates what the test creates), and a Secret made outside the chart."""
+    """The hostNetwork option, as a second release side by side with the default one: its own
+    node ports, its own annotation domain (so only it mutates what the test creates), and a
+    Secret made outside the chart."""
     name, namespace, port = "byo", "piw-byo", 9443
     service = f"{name}-pod-identity-webhook"
     ensure_namespace(node, namespace)
@@ -131,6 +161,7 @@ def test_existing_secret_install_serves_the_users_certificate(
         name=name,
         namespace=namespace,
         values={
+            "hostNetwork": True,
             "tls": {"mode": "existingSecret", "existingSecret": {"name": "byo-serving"}},
             "webhook": {"caBundle": node.ca_pem.decode()},
             "config": {"port": port, "metricsPort": 9998, "annotationPrefix": "byo.example.com"},
@@ -138,7 +169,7 @@ def test_existing_secret_install_serves_the_users_certificate(
         },
     )
     try:
-        _assert_installed(node, byo, port=port)
+        _assert_installed(node, byo, port=port, host_network=True)
         ensure_namespace(node, "byo-demo")
         ensure_service_account(
             node,
@@ -146,7 +177,7 @@ def test_existing_secret_install_serves_the_users_certificate(
             "app",
             {"byo.example.com/role-arn": "arn:aws:iam::111122223333:role/byo"},
         )
-        pod = _wait_mutated(node, "byo-demo", "app", "AWS_ROLE_ARN")
+        pod = create_until_mutated(node.api, "byo-demo", "app", "AWS_ROLE_ARN")
         env = {e.name: e.value for e in pod.spec.containers[0].env or []}
         assert env.get("AWS_ROLE_ARN") == "arn:aws:iam::111122223333:role/byo"
     finally:
@@ -154,15 +185,16 @@ def test_existing_secret_install_serves_the_users_certificate(
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
-def test_probes_answer_on_the_node_ip(node: Node, release: Release, path: str) -> None:
+def test_probes_answer_on_each_pod_ip(node: Node, release: Release, path: str) -> None:
     context = ssl.create_default_context(cafile=str(node.ca_file))
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the path, not the certificate, is under test here
     request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    with (
-        socket.create_connection((node.node_ip, 8443), timeout=5) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        tls.sendall(request.encode())
-        head = tls.recv(4096).decode(errors="replace")
-    assert head.startswith("HTTP/1.1 200"), head
+    for pod in _ready_pods(node, release):
+        with (
+            socket.create_connection((pod.status.pod_ip, 8443), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(request.encode())
+            head = tls.recv(4096).decode(errors="replace")
+        assert head.startswith("HTTP/1.1 200"), head

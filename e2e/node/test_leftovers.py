@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.node import cgroups, cleanup
+from e2e.node import cgroups, cleanup, cni, containerd
 from e2e.node.netns import NetNamespace
 from e2e.node.runs import Run, sweep_dead_runs
 
@@ -22,15 +22,31 @@ SHIM_SOCKETS = Path("/run/containerd/s")
 
 @pytest.fixture
 def state_root(tmp_path: Path) -> Path:
+    containerd.ensure_installed()  # iptables, as a node run has it
     return tmp_path / "state"
 
 
 def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     """What a SIGKILLed run leaves: a process in its namespace, one in its cgroup, one
-    naming its state dir, a tmpfs mount, a cgroup tree, the namespace itself, a
-    kubelet log link and a shim socket outside the state dir."""
+    naming its state dir, a tmpfs mount, a cgroup tree, the namespace itself (with a pod's
+    veth, bridge and netfilter rules in it), a kubelet log link, a shim socket and libcni's
+    cached result outside the state dir, and host-local's leases inside it."""
     run.state_dir.mkdir(parents=True)
     ns = NetNamespace.create(run.name, ["192.0.2.10"])
+    # A pod's network namespace as containerd keeps it (a bind mount under the state dir), its
+    # veth into a bridge of the node's namespace, and a netfilter rule there.
+    pod_netns = run.containerd.state / "netns" / "cni-0123abcd"
+    pod_netns.parent.mkdir(parents=True)
+    pod_netns.touch()
+    subprocess.run(["unshare", f"--net={pod_netns}", "true"], check=True)
+    node_side = [*ns.nsenter(), "sh", "-ec"]
+    subprocess.run(
+        [*node_side, f"ip link add {cni.BRIDGE} type bridge; "
+         f"ip link add vethpiw0 type veth peer name eth0 netns {pod_netns}; "
+         f"ip link set vethpiw0 master {cni.BRIDGE}; "
+         "iptables -t nat -N KUBE-SERVICES; iptables -t nat -A OUTPUT -j KUBE-SERVICES"],
+        check=True,
+    )  # fmt: skip
     cgroups.create(run.name)
     pod_cgroup = cgroups.mountpoints()[0] / run.name / "kubepods" / "pod1"
     pod_cgroup.mkdir(parents=True)
@@ -56,6 +72,12 @@ def _leave_behind(run: Run) -> list[subprocess.Popen[bytes]]:
     socket.parent.mkdir(parents=True, exist_ok=True)
     socket.touch()
     (bundle / "address").write_text(f"unix://{socket}")
+    cni.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (cni.RESULTS_DIR / f"{run.name}-0123abcd-eth0").write_text("{}")
+    (cni.RESULTS_DIR / "cni-loopback-sandbox-lo").write_text("{}")  # the bundle's id above
+    lease = run.containerd.cni_ipam_dir / run.name / "198.18.0.2"
+    lease.parent.mkdir(parents=True)
+    lease.write_text("0123abcd\neth0")
     return [in_ns, in_cgroup, shim]
 
 
@@ -85,6 +107,20 @@ def test_the_sweep_removes_everything_a_dead_run_left(
     assert not NetNamespace(run.name).path.exists()
     assert cleanup.container_log_links(run.state_dir) == []
     assert not (SHIM_SOCKETS / f"piw-test-{run.id}").exists()
+    assert cni.leftovers(run.name) == []
+    assert not (cni.RESULTS_DIR / "cni-loopback-sandbox-lo").exists()
+
+
+def test_a_run_known_only_by_its_cni_cache_is_swept(state_root: Path) -> None:
+    run = Run(state_root)
+    cached = cni.RESULTS_DIR / f"{run.name}-0123abcd-eth0"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text("{}")
+    try:
+        assert sweep_dead_runs(state_root) == [run.id]
+        assert not cached.exists()
+    finally:
+        cached.unlink(missing_ok=True)
 
 
 def test_the_sweep_leaves_a_live_run_alone(

@@ -9,10 +9,11 @@ guide does:
         apply_demo_objects(node, aws)                    # namespace, ServiceAccount, pod
         report = probe_pod(node, DEMO_NAMESPACE, DEMO_POD)
 
-Everything runs inside the node's network namespace: the pod reaches the STS emulator at the
-node IP, the agent emulator at 169.254.170.23. Given an external issuer (e2e/node/issuer.py, as
-the node suites run), the emulators fetch discovery and keys.json from that site, never from the
-API server; without one, from the API server's own discovery endpoint.
+Everything runs inside the node's network namespace. The webhook (the chart's defaults: no
+hostNetwork) and the demo pods run on the pod network; a pod reaches the STS emulator at the node
+IP and the agent emulator at 169.254.170.23 through its gateway. Given an external issuer
+(e2e/node/issuer.py, as the node suites run), the emulators fetch discovery and keys.json from
+that site, never from the API server; without one, from the API server's own discovery endpoint.
 """
 
 from __future__ import annotations
@@ -103,13 +104,12 @@ class Release:
 
 
 def webhook_values(images: Images, **overrides: Any) -> dict[str, Any]:
-    """Chart values for this node: the locally built image, host network, IRSA flags on."""
+    """Chart values for this node: the locally built image, IRSA flags on, the chart's own
+    defaults for the rest (pod network; pass `hostNetwork=True` for the host-network option)."""
     repository, _, tag = images.webhook.ref.rpartition(":")
     values: dict[str, Any] = {
         # The README's form: the repository names its registry, the chart renders it as is.
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        # No CNI on this node: every pod uses the host network (see e2e/node/cluster.py).
-        "hostNetwork": True,
         "config": {
             "awsDefaultRegion": REGION,
             "stsRegionalEndpoint": True,
@@ -189,7 +189,8 @@ def uninstall_webhook(node: Node, release: Release) -> None:
 
 
 def wait_rollout(node: Node, release: Release, *, timeout: float = 180.0) -> None:
-    """Until the Deployment's newest ReplicaSet has all replicas Ready and no old pod is left."""
+    """Until the Deployment's newest ReplicaSet has all replicas Ready, no old pod is left, and
+    the Service has as many ready endpoints."""
     apps = typed_api(k8s_client.AppsV1Api, node.api)
     deadline = time.monotonic() + timeout
     status: Any = None
@@ -202,10 +203,25 @@ def wait_rollout(node: Node, release: Release, *, timeout: float = 180.0) -> Non
             and status.updated_replicas == want
             and status.ready_replicas == want
             and status.replicas == want
+            and _ready_endpoints(node, release) == want
         ):
             return
         time.sleep(0.5)
     raise AssertionError(f"{release.deployment} did not roll out in {timeout:.0f}s: {status}")
+
+
+def _ready_endpoints(node: Node, release: Release) -> int:
+    """Ready endpoints of the webhook's Service: what the API server dials. They trail the pods'
+    readiness (the controller-manager batches EndpointSlice updates, see cluster.py)."""
+    discovery = typed_api(k8s_client.DiscoveryV1Api, node.api)
+    selector = f"kubernetes.io/service-name={release.deployment}"
+    slices = discovery.list_namespaced_endpoint_slice(release.namespace, label_selector=selector)
+    return sum(
+        1
+        for s in slices.items
+        for e in s.endpoints or []
+        if e.conditions is not None and e.conditions.ready
+    )
 
 
 def describe_release(node: Node, release: Release) -> str:
@@ -332,7 +348,6 @@ def demo_pod(name: str, service_account: str, images: Images, sts_url: str) -> d
         "metadata": {"name": name, "labels": {"app": "irsa-demo"}},
         "spec": {
             "serviceAccountName": service_account,
-            "hostNetwork": True,
             "terminationGracePeriodSeconds": 1,
             "securityContext": {"runAsNonRoot": True, "runAsUser": DEMO_UID},
             "containers": [

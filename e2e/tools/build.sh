@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the pinned e2e binaries and prints, as the LAST line of stdout, the
 # directory holding: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl,
-# etcd, helm, amazon-eks-pod-identity-webhook, and (when Go is installed) the single-module
-# tools of EXTRA_TOOLS below (helm-docs, promtool, actionlint, vegeta).
+# etcd, helm, amazon-eks-pod-identity-webhook, kube-proxy, and (when Go is installed) the
+# single-module tools of EXTRA_TOOLS below (helm-docs, promtool, actionlint, vegeta).
 #
 #   e2e/tools/build.sh          build what is missing, print the directory
 #   e2e/tools/build.sh --sync   regenerate the tools modules' go.mod+go.sum from versions.env
@@ -13,6 +13,8 @@
 #   PIW_KUBECTL, PIW_ETCD, PIW_HELM, PIW_UPSTREAM_WEBHOOK
 #                          prebuilt binaries to use instead of building; with all eight
 #                          set, Go is not needed.
+#   PIW_KUBE_PROXY         a prebuilt kube-proxy (built from kubeproxy/, its own module and
+#                          cache key, so adding it did not change the binaries' key above)
 # Exit status 3: Go is missing and not every binary was given (callers skip e2e).
 set -euo pipefail
 
@@ -78,6 +80,12 @@ sync_modules() {
     } >"$here/kube/go.mod"
     rm -f "$here/kube/go.sum"
     (cd "$here/kube" && GOFLAGS='' go mod tidy)
+    # kube-proxy: the same k8s.io/kubernetes and staging pins, in a module of its own.
+    { printf 'module piw-e2e/tools/kubeproxy\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes %s\n\n' \
+        "$KUBERNETES_VERSION"
+      sed -n '/^\/\/ k8s.io\/kubernetes replaces/,/^)/p' "$here/kube/go.mod"; } >"$here/kubeproxy/go.mod"
+    rm -f "$here/kubeproxy/go.sum"
+    (cd "$here/kubeproxy" && GOFLAGS='' go mod tidy)
     sync_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
     sync_simple helm helm.sh/helm/v3 "$HELM_VERSION"
     sync_simple webhook github.com/aws/amazon-eks-pod-identity-webhook "$UPSTREAM_WEBHOOK_VERSION"
@@ -103,6 +111,10 @@ check_modules() {
     if grep -E '=> k8s\.io/' "$here/kube/go.mod" | grep -vq " $staging_version\$"; then
         die "kube/go.mod has staging replaces other than $staging_version; $hint"
     fi
+    grep -qE "^[[:space:]]*(require[[:space:]]+)?k8s.io/kubernetes $KUBERNETES_VERSION\$" \
+        "$here/kubeproxy/go.mod" || die "kubeproxy/go.mod does not require k8s.io/kubernetes $KUBERNETES_VERSION; $hint"
+    diff -q <(grep '=> k8s\.io/' "$here/kube/go.mod") <(grep '=> k8s\.io/' "$here/kubeproxy/go.mod") \
+        >/dev/null || die "kubeproxy/go.mod and kube/go.mod pin different staging modules; $hint"
     local dir mod ver
     while read -r dir mod ver; do
         grep -qE "^[[:space:]]*(require[[:space:]]+)?$mod $ver\$" "$here/$dir/go.mod" ||
@@ -119,7 +131,7 @@ MODULES
 verify() {
     local name="$1" bin="$2" out want
     case "$name" in
-        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet)
+        kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy)
             out="$("$bin" --version 2>&1)"; want="$KUBERNETES_VERSION" ;;
         kubectl) out="$("$bin" version --client 2>&1)"; want="$KUBERNETES_VERSION" ;;
         etcd) out="$("$bin" --version 2>&1)"; want="${ETCD_VERSION#v}" ;;
@@ -211,6 +223,37 @@ build_extra() {
     link_into "$2" "$bin" "$tdir/$bin"
 }
 
+# build_kube_proxy OUT: kube-proxy from kubeproxy/ (the k8s.io/kubernetes version kube/ pins),
+# cached under a key of that module alone, linked into OUT; PIW_KUBE_PROXY instead if set.
+build_kube_proxy() {
+    local out="$1" key tdir tmp start
+    if [[ -n "${PIW_KUBE_PROXY:-}" ]]; then
+        [[ -x "$PIW_KUBE_PROXY" ]] || die "PIW_KUBE_PROXY=$PIW_KUBE_PROXY is not an executable file"
+        link_into "$out" kube-proxy "$PIW_KUBE_PROXY"
+        verify kube-proxy "$out/kube-proxy" || die "PIW_KUBE_PROXY=$PIW_KUBE_PROXY does not run"
+        return
+    fi
+    have_go || { log "no Go and no PIW_KUBE_PROXY: kube-proxy not provided (pod-network tests fail)"; return; }
+    key="$(cd "$here" && { echo "recipe=$RECIPE"; go version; echo "kube-proxy $KUBERNETES_VERSION"
+        cat kubeproxy/go.mod kubeproxy/go.sum; } | sha256sum | cut -c1-16)"
+    tdir="$cache_root/tools/kube-proxy-$key"
+    if [[ ! -x "$tdir/kube-proxy" ]]; then
+        mkdir -p "$tdir"
+        tmp="$(mktemp -d "$tdir/.build.XXXXXX")"
+        start=$SECONDS
+        log "building kube-proxy (k8s.io/kubernetes $KUBERNETES_VERSION, ~2-3 min on 2 cores)"
+        go -C "$here/kubeproxy" build -p 2 -trimpath -ldflags="$(ldflags_kube)" \
+            -o "$tmp/kube-proxy" k8s.io/kubernetes/cmd/kube-proxy ||
+            { rm -rf "$tmp"; die "building kube-proxy failed"; }
+        verify kube-proxy "$tmp/kube-proxy" || { rm -rf "$tmp"; die "kube-proxy does not run"; }
+        mv -f "$tmp/kube-proxy" "$tdir/kube-proxy"
+        rm -rf "$tmp"
+        log "built kube-proxy in $((SECONDS - start))s"
+    fi
+    touch "$tdir"
+    link_into "$out" kube-proxy "$tdir/kube-proxy"
+}
+
 link_into() { # link_into DIR NAME TARGET
     ln -sfn "$(readlink -f "$3")" "$1/$2"
 }
@@ -259,6 +302,7 @@ main() {
         done
         local tool
         for tool in "${EXTRA_TOOLS[@]}"; do build_extra "$tool" "$gobuilt"; done
+        build_kube_proxy "$gobuilt"
         flock -u 9
         # Keys of other checkouts/branches stay usable; drop only long-unused ones.
         touch "$gobuilt"
@@ -287,6 +331,7 @@ main() {
             local tool
             for tool in "${EXTRA_TOOLS[@]}"; do build_extra "$tool" "$out"; done
         fi
+        build_kube_proxy "$out"
     fi
     echo "$out" >&3
 }
