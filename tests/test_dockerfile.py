@@ -207,6 +207,24 @@ def test_builder_prunes_what_serve_never_loads_and_checks_the_rest(stages: list[
     assert runs.index(prune) < runs.rindex("-m compileall"), "no bytecode for removed files"
 
 
+def test_builder_strips_native_debug_symbols_and_zips_kubernetes_before_compiling(
+    stages: list[Stage],
+) -> None:
+    """Issue 19 §2: after the prune, debug symbols go and the kubernetes package becomes a zip
+    of bytecode, both before the last compileall (which must not recompile removed sources)."""
+    builder = stages[0]
+    runs = run_commands(builder)
+    strip = "-exec strip --strip-debug {} +"
+    zipped = "/opt/venv/bin/python3 requirements/zip_package.py kubernetes client/api client/models"
+    assert strip in runs and zipped in runs
+    prune = runs.index("requirements/prune.py")
+    assert prune < runs.index(strip) < runs.rindex("-m compileall")
+    assert prune < runs.index(zipped) < runs.rindex("-m compileall")
+    # strip comes from the builder image or its apt sources; the final stage has no RUN.
+    first_run = builder.all("RUN")[0].args
+    assert "command -v strip" in first_run and "binutils" in first_run
+
+
 def test_final_stage_runtime_settings(stages: list[Stage]) -> None:
     final = stages[-1]
     users = final.all("USER")

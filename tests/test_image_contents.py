@@ -29,7 +29,7 @@ def prune() -> ModuleType:
 _SERVE_IMPORTS = """
 import sys
 import webhook.cli, webhook.cli.serve, webhook.sources.kube, webhook.sources.imds
-import webhook.server.runner, webhook.server.connection, webhook.server.app, webhook.server.record, uvloop
+import webhook.server.runner, webhook.server.app, webhook.server.connection, webhook.server.record, uvloop
 from webhook.cli import build_parser, load
 from kubernetes import client, config, watch
 build_parser("serve", load("serve"))

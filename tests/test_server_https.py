@@ -310,6 +310,42 @@ def test_tls_min_version_1_3_refuses_a_tls_1_2_only_client(start_server: StartSe
     assert tls_handshake(server.port, client_context(server.ca_pem)) == "TLSv1.3"
 
 
+def test_by_default_a_tls12_client_offering_only_cbc_is_refused_and_gcm_gets_in(
+    shared: Shared,
+) -> None:
+    def tls12(ciphers: str) -> ssl.SSLContext:
+        ctx = client_context(shared.certs.ca.cert_pem, maximum_version=ssl.TLSVersion.TLSv1_2)
+        ctx.set_ciphers(ciphers)
+        return ctx
+
+    # Go's default CBC-SHA suites and OpenSSL's default CBC-SHA256/384 ones.
+    for cbc in (
+        "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA",
+        "ECDHE+AES+SHA256:ECDHE+AES+SHA384:!AESGCM",
+    ):
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            tls_handshake(shared.server.port, tls12(cbc))
+    assert tls_handshake(shared.server.port, tls12("ECDHE+AESGCM")) == "TLSv1.2"
+    assert tls_handshake(shared.server.port, tls12("ECDHE+CHACHA20")) == "TLSv1.2"
+
+
+def test_tls_cipher_suites_takes_openssl_names(start_server: StartServer) -> None:
+    server = start_server(
+        extra_args=(
+            "--tls-cipher-suites=ECDHE-ECDSA-AES256-GCM-SHA384,ECDHE-RSA-AES256-GCM-SHA384",
+        )
+    )
+
+    def tls12(ciphers: str) -> ssl.SSLContext:
+        ctx = client_context(server.ca_pem, maximum_version=ssl.TLSVersion.TLSv1_2)
+        ctx.set_ciphers(ciphers)
+        return ctx
+
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        tls_handshake(server.port, tls12("ECDHE+AESGCM+AES128"))
+    assert tls_handshake(server.port, tls12("ECDHE+AESGCM+AES256")) == "TLSv1.2"
+
+
 def test_unknown_tls_cipher_suite_exits_2_with_one_line_naming_it(tmp_path: Path) -> None:
     cert_files = make_certs(tmp_path / "certs")
     objects = tmp_path / "objects.json"

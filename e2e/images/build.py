@@ -234,7 +234,7 @@ def _webhook(base: Image) -> Image:
     inputs = [REPO / name for name in ("Dockerfile", ".dockerignore", "pyproject.toml")]
     inputs += [
         REPO / "requirements" / name
-        for name in ("runtime.txt", "build.txt", "not-shipped.txt", "prune.py")
+        for name in ("runtime.txt", "build.txt", "not-shipped.txt", "prune.py", "zip_package.py")
     ]
     inputs += [p for p in (REPO / "README.md", REPO / "LICENSE") if p.exists()]
     inputs += tree_files(REPO / "webhook")

@@ -120,7 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TLS key file path (reloaded on change)",
     )
     server.add_argument(
-        "--tls-cipher-suites", default="", help="Comma-separated Go cipher suite names"
+        "--tls-cipher-suites",
+        default="",
+        help="Comma-separated cipher suites, Go (TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) or OpenSSL "
+        "(ECDHE-RSA-AES128-GCM-SHA256) names (default: ECDHE with AES-GCM or ChaCha20-Poly1305)",
     )
     server.add_argument(
         "--tls-min-version", default="", help="Minimum TLS version: 1.0, 1.1, 1.2 (default), 1.3"

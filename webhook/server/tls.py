@@ -61,6 +61,28 @@ GO_CIPHER_SUITES: dict[str, str] = {
 }
 
 
+# OpenSSL's names for the suites above, as OpenShift's TLS security profiles list them
+# (`oc get apiserver cluster -o yaml`): `--tls-cipher-suites` takes either spelling.
+OPENSSL_CIPHER_SUITES: frozenset[str] = frozenset(GO_CIPHER_SUITES.values())
+
+# The DHE suites of OpenShift's profiles have no Go equivalent: skipped with a warning, as the
+# chart and OpenShift's own Go components skip them, so the binary and the chart agree.
+SKIPPED_DHE_SUITES: frozenset[str] = frozenset(
+    {
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-SHA256",
+        "DHE-RSA-AES256-SHA256",
+    }
+)
+
+# With no --tls-cipher-suites, TLS 1.2 offers only ECDHE with AES-GCM or ChaCha20-Poly1305
+# (OpenShift's Intermediate profile, Mozilla's "intermediate"); Python's own default also
+# enables CBC and DHE suites. TLS 1.3 suites are not affected.
+DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 class TLSConfigError(ValueError):
     pass
 
@@ -76,20 +98,30 @@ def parse_min_version(text: str) -> ssl.TLSVersion:
         ) from None
 
 
-def openssl_ciphers(go_names: str) -> str | None:
-    """`--tls-cipher-suites` (comma-separated Go names) → an OpenSSL cipher string."""
-    names = [n.strip() for n in go_names.split(",") if n.strip()]
+def openssl_ciphers(names_text: str) -> str | None:
+    """`--tls-cipher-suites` (comma-separated Go or OpenSSL names) → an OpenSSL cipher string."""
+    names = [n.strip() for n in names_text.split(",") if n.strip()]
     if not names:
         return None
     openssl: list[str] = []
     for name in names:
         if name in _TLS13_SUITES:
             continue
+        if name in SKIPPED_DHE_SUITES:
+            log.warning("--tls-cipher-suites: %s has no Go equivalent and is skipped", name)
+            continue
+        if name in OPENSSL_CIPHER_SUITES:
+            openssl.append(name)
+            continue
         try:
             openssl.append(GO_CIPHER_SUITES[name])
         except KeyError:
-            raise TLSConfigError(f"unsupported cipher suite: {name}") from None
-    return ":".join(openssl) if openssl else None
+            raise TLSConfigError(
+                f"unknown cipher suite {name!r} in --tls-cipher-suites (Go names such as "
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, or OpenSSL names such as "
+                "ECDHE-RSA-AES128-GCM-SHA256)"
+            ) from None
+    return ":".join(dict.fromkeys(openssl)) if openssl else None
 
 
 def server_context(
@@ -97,14 +129,18 @@ def server_context(
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     version = parse_min_version(min_version)
-    if version < ssl.TLSVersion.TLSv1_2:
-        # OpenSSL's default security level forbids TLS < 1.2; honour an explicit request.
+    legacy = version < ssl.TLSVersion.TLSv1_2
+    if legacy:
+        # OpenSSL's default security level forbids TLS < 1.2; honour an explicit request
+        # (TLS 1.0 and 1.1 have no AEAD suites, so OpenSSL's defaults stay).
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    else:
+        ctx.set_ciphers(DEFAULT_TLS12_CIPHERS)
     ctx.minimum_version = version
     ciphers = openssl_ciphers(cipher_suites)
     if ciphers:
         try:
-            ctx.set_ciphers(ciphers + (":@SECLEVEL=0" if version < ssl.TLSVersion.TLSv1_2 else ""))
+            ctx.set_ciphers(ciphers + (":@SECLEVEL=0" if legacy else ""))
         except ssl.SSLError as err:
             raise TLSConfigError(f"this OpenSSL cannot use --tls-cipher-suites: {err}") from None
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
