@@ -129,7 +129,10 @@ class IssuerKeys:
             connection = http.client.HTTPConnection(parts.netloc, timeout=FETCH_TIMEOUT_SECONDS)
             connection.sock = tls
             try:
-                connection.request("GET", target, headers={"Accept": "application/json"})
+                # kube-apiserver answers its JWKS as application/jwk-set+json and 406s a narrower Accept.
+                connection.request(
+                    "GET", target, headers={"Accept": "application/json, application/jwk-set+json"}
+                )
                 response = connection.getresponse()
                 body = response.read()
             finally:
