@@ -114,6 +114,16 @@ class Endpoints:
     mine: WebhookProcess
     theirs: WebhookProcess
     _local: threading.local = field(default_factory=threading.local)
+    _opened: list[httpx.Client] = field(default_factory=list)
+    _opened_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        """Closes every worker thread's clients (left open, their sockets would be found by
+        the garbage collector later, in some other test, as unclosed-socket warnings)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
+            client.close()
 
     def _clients(self) -> tuple[httpx.Client, httpx.Client]:
         # One keep-alive client per worker thread for the API server and one for webhooks.
@@ -127,6 +137,8 @@ class Endpoints:
                 httpx.Client(verify=hook_ssl, timeout=30),
             )
             self._local.c = clients
+            with self._opened_lock:
+                self._opened.extend(clients)
         return clients
 
     def dry_run(self, pod: dict[str, Any]) -> httpx.Response:
@@ -256,8 +268,11 @@ def endpoints(
         processes.append(ours(cp, workdir, flags, name="ours-dryrun").start())
         processes.append(upstream(cp, workdir, flags, name="upstream-dryrun").start())
         result = Endpoints(cp, processes[0], processes[1])
-        _wait_until_both_know_every_account(result)
-        yield result
+        try:
+            _wait_until_both_know_every_account(result)
+            yield result
+        finally:
+            result.close()
     finally:
         for process in processes:
             process.stop()
