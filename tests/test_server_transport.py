@@ -375,17 +375,20 @@ def test_a_review_waiting_out_the_grace_period_with_20000_requests_pipelined_beh
     unknown = orjson.dumps(admission_review(pod("nobody-knows"), uid="waits"))
     small = raw_request("GET", "/healthz")
     total = 20_001
-    with tls_connect(server) as tls:
-        writer = threading.Thread(
-            target=tls.sendall,
-            args=(raw_request("POST", "/mutate", unknown, JSON) + small * (total - 1),),
-            daemon=True,
+    payload = raw_request("POST", "/mutate", unknown, JSON) + small * (total - 1)
+
+    async def exchange() -> list[bytes]:
+        # One event loop writes and reads: an SSLSocket shared by a writer and a reader
+        # thread is not safe (OpenSSL's SSL object is not), and failed this test at random.
+        reader, writer = await asyncio.open_connection(
+            HOST, server.port, ssl=client_context(server.ca_pem), server_hostname="localhost"
         )
-        writer.start()
+        writer.write(payload)
+        sending = asyncio.ensure_future(writer.drain())
         statuses: list[bytes] = []
         buffer = b""
         while len(statuses) < total:
-            chunk = tls.recv(1 << 20)
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 30)
             assert chunk, f"connection closed after {len(statuses)} of {total} answers"
             buffer += chunk
             while (end := buffer.find(b"\r\n\r\n")) >= 0:
@@ -398,7 +401,11 @@ def test_a_review_waiting_out_the_grace_period_with_20000_requests_pipelined_beh
                     assert review["response"]["uid"] == "waits"
                 statuses.append(head[:12])
                 buffer = buffer[end + 4 + length :]
-        writer.join(30)
+        await sending
+        writer.close()
+        return statuses
+
+    statuses = asyncio.run(exchange())
     assert len(statuses) == total and set(statuses) == {b"HTTP/1.1 200"}
     log = server.log_text()
     assert "Traceback" not in log and "never retrieved" not in log
