@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +32,9 @@ from webhook.sources.store import IdentityStore
 log = logging.getLogger("webhook.requests")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# FastAPI's native OpenTelemetry: off. Spans and logs of reviews would carry pod data
+# nobody asked to export, and checking for configured providers costs every request.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 _JSON = "application/json"
 _JSON_TYPE = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
@@ -228,7 +232,7 @@ class CloseWhileDraining:
 
 def create_webhook_app(ctx: WebhookContext) -> FastAPI:
     """The HTTPS application: `serve`, the in-process tests and the recorder all use it."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, telemetry=NO_TELEMETRY)
     app.add_middleware(CloseWhileDraining, draining=ctx.shutting_down)
     metrics = ctx.metrics
     # First on the router: every pod creation in the cluster comes here.
@@ -267,7 +271,7 @@ def reject_response(message: str) -> Response:
 
 
 def create_metrics_app(ctx: WebhookContext) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, telemetry=NO_TELEMETRY)
     app.add_middleware(CloseWhileDraining, draining=ctx.shutting_down)
 
     @app.get("/metrics")
