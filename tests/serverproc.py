@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -106,6 +107,94 @@ def client_context(
     if maximum_version is not None:
         ctx.maximum_version = maximum_version
     return ctx
+
+
+def handshake_in_memory(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> ssl.SSLObject:
+    """A complete TLS handshake between two contexts through memory BIOs: the client's side,
+    or the ssl.SSLError either side raised."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        done = True
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                done = False
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done:
+            return client
+    raise AssertionError("the handshake did not finish")
+
+
+TLS_APPLICATION_DATA = 23
+
+
+class RecordCountingTLSClient:
+    """HTTP/1.1 over TLS on a plain socket through memory BIOs, so a test sees the TLS records
+    the server sent, not only the bytes they carried."""
+
+    def __init__(self, port: int, ca_pem: bytes, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = client_context(ca_pem).wrap_bio(
+            self.incoming, self.outgoing, server_hostname="localhost"
+        )
+        self.received = bytearray()  # every byte from the server, TLS framing included
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                self._receive()
+        self._send_pending()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _send_pending(self) -> None:
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+
+    def _receive(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.received += chunk
+        self.incoming.write(chunk)
+
+    def exchange(self, request: bytes) -> tuple[bytes, int]:
+        """Send one request; (the answer, how many application-data records carried it).
+        The answer is read to its Content-Length."""
+        start = len(self.received)
+        self.tls.write(request)
+        self._send_pending()
+        answer = b""
+        while True:
+            try:
+                answer += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._receive()
+                continue
+            end = answer.find(b"\r\n\r\n")
+            if end >= 0:
+                match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer[:end])
+                if match and len(answer) >= end + 4 + int(match[1]):
+                    break
+        return answer, self._records_since(start)
+
+    def _records_since(self, start: int) -> int:
+        """Application-data records in the bytes received from `start` (a record boundary:
+        every earlier answer was read whole) to now."""
+        data, offset, count = bytes(self.received), start, 0
+        while offset + 5 <= len(data):
+            length = int.from_bytes(data[offset + 3 : offset + 5], "big")
+            count += data[offset] == TLS_APPLICATION_DATA
+            offset += 5 + length
+        return count
 
 
 # --------------------------------------------------------------------------- objects & reviews

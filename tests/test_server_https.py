@@ -40,12 +40,15 @@ from tests.serverproc import (
     ROLE_ANNOTATION,
     ROLE_ARN,
     CertFiles,
+    RecordCountingTLSClient,
     WebhookProcess,
     admission_review,
     client_context,
+    handshake_in_memory,
     make_certs,
     new_pair,
     pod,
+    raw_request,
     running_webhook,
     service_account,
     wait_until,
@@ -245,23 +248,10 @@ def _can_negotiate_tls11(cert_files: CertFiles) -> bool:
         server_ctx.load_cert_chain(cert_files.tls_cert, cert_files.tls_key)
     except (ssl.SSLError, ValueError):
         return False
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        done = True
-        for side in (client, server):
-            try:
-                side.do_handshake()
-            except ssl.SSLWantReadError:
-                done = False
-            except ssl.SSLError:
-                return False
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if done:
-            return client.version() == "TLSv1.1"
-    return False
+    try:
+        return handshake_in_memory(client_ctx, server_ctx).version() == "TLSv1.1"
+    except ssl.SSLError:
+        return False
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:
@@ -389,6 +379,23 @@ def test_v1beta1_review_is_answered_as_v1beta1(client: httpx.Client) -> None:
     assert document["kind"] == "AdmissionReview"
     assert document["response"]["uid"] == "uid-beta"
     assert jsonpatch.apply_patch(pod("app"), patch_ops(document["response"])) == mutated_pod()
+
+
+def test_each_answer_leaves_in_one_tls_record_on_a_kept_alive_connection(shared: Shared) -> None:
+    """uvicorn writes a head and a body; the server joins them: one encryption, one send."""
+    body = orjson.dumps(admission_review(pod("app"), uid="one-record"))
+    request = raw_request("POST", "/mutate", body, {"Content-Type": "application/json"})
+    client = RecordCountingTLSClient(shared.server.port, shared.certs.ca.cert_pem)
+    try:
+        # The first exchange may share its bytes with TLS 1.3's session tickets.
+        client.exchange(raw_request("GET", "/healthz"))
+        answers = [client.exchange(request) for _ in range(3)]
+        answers.append(client.exchange(raw_request("GET", "/healthz")))
+    finally:
+        client.close()
+    assert [answer[:12] for answer, _ in answers] == [b"HTTP/1.1 200"] * 4
+    assert b'"uid":"one-record"' in answers[0][0]
+    assert [records for _, records in answers] == [1, 1, 1, 1]
 
 
 # --------------------------------------------------------------------------- 3. bad input

@@ -12,7 +12,7 @@ import pytest
 
 from webhook.server import tls
 
-from .serverproc import CertFiles, client_context, make_certs
+from .serverproc import CertFiles, client_context, handshake_in_memory, make_certs
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -39,23 +39,10 @@ def tls12_client(cert_files: CertFiles, ciphers: str) -> ssl.SSLContext:
 
 def handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> tuple[str, str]:
     """A complete TLS handshake in memory: (version, cipher) or ssl.SSLError."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        done = True
-        for side in (client, server):
-            try:
-                side.do_handshake()
-            except ssl.SSLWantReadError:
-                done = False
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if done:
-            cipher = client.cipher()
-            assert cipher is not None
-            return str(client.version()), cipher[0]
-    raise AssertionError("the handshake did not finish")
+    client = handshake_in_memory(client_ctx, server_ctx)
+    cipher = client.cipher()
+    assert cipher is not None
+    return str(client.version()), cipher[0]
 
 
 def server(cert_files: CertFiles, min_version: str = "", suites: str = "") -> ssl.SSLContext:

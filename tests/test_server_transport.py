@@ -14,12 +14,14 @@ import asyncio
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -27,6 +29,7 @@ import pytest
 
 from tests.serverproc import (
     HOST,
+    REPO,
     ROLE_ANNOTATION,
     ROLE_ARN,
     ServerFactory,
@@ -122,6 +125,62 @@ def test_the_server_and_the_in_process_client_answer_through_the_same_endpoint(
     assert ctx.metrics.counters.value("http_request_count", "POST", "/mutate", "200") == 2
 
 
+TRACED_REVIEW = """
+import asyncio, sys
+import httpx, orjson
+from opentelemetry import trace
+from tests.builders import admission_review, pod
+from webhook.core.settings import MutationSettings
+from webhook.server.app import WebhookContext, create_webhook_app
+from webhook.server.grace import GraceLookup
+from webhook.server.metrics import Metrics
+from webhook.sources.store import IdentityStore
+
+spans = []
+
+class Tracer(trace.NoOpTracer):
+    def start_span(self, name, *args, **kwargs):
+        spans.append(name)
+        return super().start_span(name, *args, **kwargs)
+
+    def start_as_current_span(self, name, *args, **kwargs):
+        spans.append(name)
+        return super().start_as_current_span(name, *args, **kwargs)
+
+class Provider(trace.TracerProvider):  # an SDK's, not the no-op one FastAPI skips
+    def get_tracer(self, *args, **kwargs):
+        return Tracer()
+
+trace.set_tracer_provider(Provider())  # as an OpenTelemetry SDK set up in the process would
+store = IdentityStore(MutationSettings())
+app = create_webhook_app(
+    WebhookContext(MutationSettings(), store, GraceLookup(store, 0, None), Metrics(), lambda: True)
+)
+
+async def main():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        review = orjson.dumps(admission_review(pod(), uid="traced"))
+        answer = await c.post("/mutate", content=review, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        assert (await c.get("/healthz")).status_code == 200
+
+asyncio.run(main())
+print(orjson.dumps(spans).decode())
+"""
+
+
+def test_no_review_is_traced_even_when_the_process_has_an_opentelemetry_tracer() -> None:
+    """FastAPI's native OpenTelemetry is off: spans of reviews would carry pod data nobody
+    asked to export, and asking for providers costs every request. A subprocess, because a
+    tracer provider can be set once per process."""
+    result = subprocess.run(
+        [sys.executable, "-c", TRACED_REVIEW],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout) == []
+
+
 # --------------------------------------------------------------------------- guards, in process
 
 
@@ -184,15 +243,28 @@ class RecordingHTTP:
         self.shutdowns += 1
 
 
+def guarded_in_loop(
+    read_header_timeout: float = 1.0, max_header_bytes: int = 1 << 20
+) -> tuple[GuardedConnection, FakeTransport]:
+    """A connection as uvicorn would make it, on a fake transport, in the running loop."""
+    listening = Listening(RecordingHTTP, read_header_timeout, max_header_bytes=max_header_bytes)
+    connection = connection_class(listening)(config="passed through")
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    return connection, transport
+
+
+def uvicorns_transport(connection: GuardedConnection) -> asyncio.Transport:
+    """The transport uvicorn's protocol was given to write to."""
+    transport: asyncio.Transport = cast(RecordingHTTP, connection.http).transport
+    return transport
+
+
 def guarded(read_header_timeout: float = 1.0, max_header_bytes: int = 1 << 20) -> Any:
     """A connection as uvicorn would make it, on a fake transport, outside any loop time."""
 
     async def make() -> tuple[GuardedConnection, FakeTransport]:
-        listening = Listening(RecordingHTTP, read_header_timeout, max_header_bytes=max_header_bytes)
-        connection = connection_class(listening)(config="passed through")
-        transport = FakeTransport()
-        connection.connection_made(transport)  # type: ignore[arg-type]
-        return connection, transport
+        return guarded_in_loop(read_header_timeout, max_header_bytes)
 
     return asyncio.run(make())
 
@@ -318,6 +390,53 @@ def test_draining_closes_an_idle_connection_through_uvicorns_shutdown() -> None:
     assert connection.http.shutdowns == 1
 
 
+# --------------------------------------------------------------------------- one write per answer
+
+
+def test_what_uvicorn_writes_in_one_turn_of_the_loop_reaches_the_transport_as_one_write() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes], int, int]:
+        connection, transport = guarded_in_loop()
+        outgoing = uvicorns_transport(connection)
+        outgoing.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        outgoing.write(b"{}")
+        during = list(transport.written)
+        held, unsent = outgoing.get_write_buffer_size(), connection.unsent_bytes()
+        await asyncio.sleep(0)  # the end of this turn
+        return during, transport.written, held, unsent
+
+    during, after, held, unsent = asyncio.run(scenario())
+    assert during == []
+    assert after == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert held == unsent == 40  # a drain sees held bytes as unsent
+
+
+def test_closing_sends_what_is_held_first_and_aborting_drops_it() -> None:
+    async def scenario() -> tuple[FakeTransport, FakeTransport]:
+        closed, closed_transport = guarded_in_loop()
+        uvicorns_transport(closed).write(b"answer")
+        uvicorns_transport(closed).close()
+        aborted, aborted_transport = guarded_in_loop()
+        uvicorns_transport(aborted).write(b"answer")
+        uvicorns_transport(aborted).abort()
+        await asyncio.sleep(0)
+        return closed_transport, aborted_transport
+
+    closed, aborted = asyncio.run(scenario())
+    assert closed.written == [b"answer"] and closed.closing
+    assert aborted.written == [] and aborted.aborted
+
+
+def test_nothing_is_written_to_a_transport_closed_underneath() -> None:
+    async def scenario() -> FakeTransport:
+        connection, transport = guarded_in_loop()
+        uvicorns_transport(connection).write(b"late")
+        transport.abort()  # e.g. the drain's deadline
+        await asyncio.sleep(0)
+        return transport
+
+    assert asyncio.run(scenario()).written == []
+
+
 # --------------------------------------------------------------------------- a real server
 
 
@@ -403,6 +522,8 @@ def test_a_review_waiting_out_the_grace_period_with_20000_requests_pipelined_beh
                 buffer = buffer[end + 4 + length :]
         await sending
         writer.close()
+        # Closed before the loop is: a transport left to the collector warns (filterwarnings).
+        await asyncio.wait_for(writer.wait_closed(), 30)
         return statuses
 
     statuses = asyncio.run(exchange())
