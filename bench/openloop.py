@@ -5,7 +5,8 @@ so the load is a fixed offered rate whatever the webhook's latency (open loop), 
 each waiting for its answer. For each CPU budget (`Budget`), each rate of `RATES` goes to both
 webhooks in turn, the order alternating from one rate to the next (ours first, then upstream
 first: ABBA), so that drift on the machine hits both. Each point is a warm-up second (same
-connections, not recorded) and then `duration` measured seconds. A server whose point is
+connections, not recorded) and then `duration` measured seconds; a point is `windows` of
+those per server, pooled, taken in ABBA order within the rate too. A server whose point is
 saturated (achieved < 95% of offered, errors > 1%, or p99 > 100 ms) gets no higher rate; the
 other goes on alone.
 
@@ -120,48 +121,59 @@ def sweep(
     rates: Sequence[float] = RATES,
     duration: float = 5.0,
     warmup: float = 1.0,
+    windows: int = 2,
     limits: Limits = Limits(),
     retries: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Every rate to every target until each saturates; the order alternates per rate. A
-    saturated point is measured again (up to `retries` times) before its server is stopped: on
-    a shared machine one burst of outside load can push a p99 over the limit."""
+    """Every rate to every target until each saturates. Each point is `windows` measured
+    windows per server, pooled, the servers taking turns in ABBA order within the rate (and
+    the first server alternating from one rate to the next), so that a burst of outside load
+    or drift on the machine lands on both. A saturated point is measured again (up to
+    `retries` times) before its server is stopped: one burst can push a p99 over the limit."""
     names = list(targets)
     active = set(names)
     points: list[dict[str, Any]] = []
+
+    def measure(name: str, rate: float, attempt: int) -> vegeta.AttackResult:
+        target = targets[name]
+        result = vegeta.attack(
+            target.url,
+            target.ca,
+            bodies,
+            rate,
+            duration,
+            workdir=workdir,
+            cpus=budget.vegeta_cpus,
+            warmup_s=warmup,
+            server_cpu=process_cpu(target.pid),
+            name=f"{budget.name}-{name}",
+        )
+        log(_line(budget, name, rate, point(name, budget, 0, result, limits), attempt))
+        time.sleep(0.3)  # let the last connections close
+        return result
+
     for index, rate in enumerate(rates):
         if not active:
             break
-        order = names if index % 2 == 0 else names[::-1]
-        for position, name in enumerate(n for n in order if n in active):
-            target = targets[name]
-            first: dict[str, Any] | None = None
-            for attempt in range(1 + retries):
-                result = vegeta.attack(
-                    target.url,
-                    target.ca,
-                    bodies,
-                    rate,
-                    duration,
-                    workdir=workdir,
-                    cpus=budget.vegeta_cpus,
-                    warmup_s=warmup,
-                    server_cpu=process_cpu(target.pid),
-                    name=f"{budget.name}-{name}",
-                )
-                p = point(name, budget, position, result, limits)
-                log(_line(budget, name, rate, p, attempt))
-                time.sleep(0.3)  # let the last connections close
-                if not p["saturated"] or attempt == retries:
+        order = [n for n in (names if index % 2 == 0 else names[::-1]) if n in active]
+        measured: dict[str, list[vegeta.AttackResult]] = {name: [] for name in order}
+        for window in range(windows):
+            for name in order if window % 2 == 0 else order[::-1]:
+                measured[name].append(measure(name, rate, 0))
+        for position, name in enumerate(order):
+            p = point(name, budget, position, vegeta.AttackResult.pooled(measured[name]), limits)
+            for attempt in range(1, 1 + retries):
+                if not p["saturated"]:
                     break
-                first = p
-            if first is not None:
-                # Saturated once, then measured again: the point is the second measurement, and
-                # the server stops only if that one is saturated too.
-                p["first_attempt"] = {
-                    k: v for k, v in first.items() if k not in ("budget", "server")
-                }
+                # Saturated, then measured again: the point is the new measurement, and the
+                # server stops only if that one is saturated too.
+                first = {k: v for k, v in p.items() if k not in ("budget", "server")}
+                again = [measure(name, rate, attempt) for _ in range(windows)]
+                p = point(name, budget, position, vegeta.AttackResult.pooled(again), limits)
+                p["first_attempt"] = first
+            if windows > 1:
+                log(_line(budget, name, rate, p, 0).replace("/s:", f"/s, {windows} windows:", 1))
             points.append(p)
             if p["saturated"]:
                 active.discard(name)
@@ -221,10 +233,18 @@ def cpu_ratio(row: dict[str, Any]) -> float | None:
 def render_markdown(report: dict[str, Any]) -> str:
     """One table per CPU budget: each cell is `ours / upstream`."""
     m, s = report["machine"], report["settings"]
+    windows = s.get("windows", 1)
+    measured = (
+        f"{windows} windows of {s['duration_s']:g} s measured per point and server, each after a "
+        f"{s['warmup_s']:g} s warm-up, pooled; ours and upstream {m['upstream']} taking turns "
+        "within each rate (ABBA) and the first alternating from rate to rate"
+        if windows > 1
+        else f"{s['duration_s']:g} s measured per point after a {s['warmup_s']:g} s warm-up, "
+        f"ours and upstream {m['upstream']} interleaved per rate (ABBA)"
+    )
     out = [
-        f"Open loop (vegeta {s['vegeta']}, HTTPS keep-alive HTTP/1.1), {s['duration_s']:g} s "
-        f"measured per point after a {s['warmup_s']:g} s warm-up, ours and upstream "
-        f"{m['upstream']} interleaved per rate (ABBA); v1beta1 mix of {s['distinct_reviews']} "
+        f"Open loop (vegeta {s['vegeta']}, HTTPS keep-alive HTTP/1.1), {measured}; "
+        f"v1beta1 mix of {s['distinct_reviews']} "
         f"reviews (median {s['body_bytes_median']} B) against a real kube-apiserver "
         f"{m['kubernetes']}. {m['date']}, {m['cpus']} x {m['cpu_model']}, Python {m['python']}, "
         f"load average {m['loadavg_start'][0]:.1f} at start. Each cell is **ours / upstream**. "

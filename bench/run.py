@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         rates=args.rates,
                         duration=args.duration,
                         warmup=args.warmup,
+                        windows=args.windows,
                         limits=openloop.Limits(max_p99_ms=args.max_p99_ms),
                         retries=args.retries,
                         log=log,
@@ -228,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rates": list(args.rates),
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "windows": args.windows,
             "retries": args.retries,
             "limits": {"min_achieved": 0.95, "max_errors": 0.01, "max_p99_ms": args.max_p99_ms},
         },
@@ -269,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds per point")
+    parser.add_argument(
+        "--windows", type=int, default=2, help="measured windows per point and server (ABBA)"
+    )
     parser.add_argument(
         "--rates", type=rate_list, default=list(openloop.RATES), help="offered req/s, ascending"
     )

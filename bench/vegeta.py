@@ -110,6 +110,54 @@ class AttackResult:
     server_cpu_s: float | None = None  # the server's CPU seconds in the window, if probed
     attacker_cpu_s: float = 0.0  # vegeta's own CPU seconds, warm-up included
     warmup_s: float = 0.0  # attacked before the measured window, left out of everything else
+    windows: int = 1  # measured windows pooled into this result (`pooled`)
+    measured_s: float | None = None  # their summed length; None: ended - started
+
+    @property
+    def window_s(self) -> float:
+        """Seconds measured: from first request to last answer, summed over pooled windows."""
+        return self.measured_s if self.measured_s is not None else self.ended - self.started
+
+    @staticmethod
+    def pooled(results: Sequence[AttackResult]) -> AttackResult:
+        """Several windows at the same rate against the same server as one point: every
+        request's latency in one distribution, counts and CPU summed, rates over the summed
+        measured time. Windows interleaved with another server's (ABBA) share the machine's
+        drift between both, which one window cannot."""
+        if not results:
+            raise ValueError("nothing to pool")
+        if len(results) == 1:
+            return results[0]
+        if len({r.rate for r in results}) != 1:
+            raise ValueError("windows at different rates")
+        ok = sum(r.ok for r in results)
+        measured = sum(r.window_s for r in results)
+        cpu = [r.server_cpu_s for r in results]
+        samples: list[str] = []
+        for r in results:
+            samples += [m for m in r.error_samples if m not in samples]
+        codes: dict[int, int] = {}
+        for r in results:
+            for code, count in r.codes.items():
+                codes[code] = codes.get(code, 0) + count
+        return AttackResult(
+            rate=results[0].rate,
+            duration_s=sum(r.duration_s for r in results),
+            latencies_ms=sorted(x for r in results for x in r.latencies_ms),
+            sent=sum(r.sent for r in results),
+            ok=ok,
+            errors=sum(r.errors for r in results),
+            error_samples=samples[:5],
+            achieved_rps=ok / measured if measured > 0 else 0.0,
+            started=min(r.started for r in results),
+            ended=max(r.ended for r in results),
+            codes=codes,
+            server_cpu_s=None if any(c is None for c in cpu) else sum(c or 0.0 for c in cpu),
+            attacker_cpu_s=sum(r.attacker_cpu_s for r in results),
+            warmup_s=sum(r.warmup_s for r in results),
+            windows=sum(r.windows for r in results),
+            measured_s=measured,
+        )
 
     @property
     def server_cpu_us_per_review(self) -> float | None:
@@ -144,11 +192,13 @@ class AttackResult:
         cpu = self.server_cpu_us_per_review
         if cpu is not None and self.server_cpu_s is not None:
             out["server_cpu_us_per_review"] = round(cpu, 1)
-            window = self.ended - self.started
+            window = self.window_s
             out["server_cpu_pct"] = round(100 * self.server_cpu_s / window, 1) if window else 0.0
         out["attacker_cpu_pct"] = round(
             100 * self.attacker_cpu_s / max(self.warmup_s + self.duration_s, 1e-9), 1
         )
+        if self.windows > 1:
+            out["windows"] = self.windows
         if self.error_samples:
             out["error_samples"] = self.error_samples
         return out

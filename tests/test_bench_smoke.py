@@ -184,3 +184,46 @@ def test_openloop_saturation_table_and_figure(tmp_path: Path) -> None:
     assert "250" in openloop.render_text(report)
     openloop.plot(report, tmp_path / "openloop.png")
     assert (tmp_path / "openloop.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pooled_windows_are_one_distribution_with_summed_counts_and_cpu() -> None:
+    first = _result(100, [1.0] * 98 + [50.0] * 2)  # one window with a burst
+    second = _result(100, [1.0] * 100)
+    pooled = vegeta_tool.AttackResult.pooled([first, second])
+    assert pooled.latencies_ms == sorted(first.latencies_ms + second.latencies_ms)
+    assert (pooled.ok, pooled.sent, pooled.windows, pooled.window_s) == (200, 200, 2, 2.0)
+    assert pooled.achieved_rps == 100.0
+    assert pooled.server_cpu_us_per_review == pytest.approx(300.0)
+    assert pooled.p(99) == 1.0 < first.p(99)  # 2 slow of 200 is 1%; 2 of 100 is 2%
+    assert pooled.summary()["windows"] == 2
+    assert vegeta_tool.AttackResult.pooled([second]) is second
+    with pytest.raises(ValueError):
+        vegeta_tool.AttackResult.pooled([first, _result(200, [1.0])])
+
+
+def test_the_sweep_takes_turns_abba_within_a_rate_and_alternates_the_first_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    attacks: list[tuple[str, float]] = []
+
+    def attack(url: str, *args: object, **kwargs: object) -> vegeta_tool.AttackResult:
+        rate = float(args[2])  # type: ignore[arg-type]
+        attacks.append((url, rate))
+        return _result(rate, [1.0] * int(rate))
+
+    monkeypatch.setattr(vegeta_tool, "attack", attack)
+    monkeypatch.setattr(openloop, "process_cpu", lambda pid: lambda: 0.0)
+    monkeypatch.setattr(openloop.time, "sleep", lambda seconds: None)
+    targets = {name: openloop.Target(name, tmp_path, 0) for name in ("ours", "upstream")}
+    points = openloop.sweep(
+        targets, [b"{}"], openloop.PINNED, workdir=tmp_path, rates=(100, 200), windows=2,
+        log=lambda line: None,
+    )  # fmt: skip
+    assert attacks == [
+        ("ours", 100), ("upstream", 100), ("upstream", 100), ("ours", 100),
+        ("upstream", 200), ("ours", 200), ("ours", 200), ("upstream", 200),
+    ]  # fmt: skip
+    assert [(p["server"], p["rate"], p["windows"], p["ok"]) for p in points] == [
+        ("ours", 100, 2, 200), ("upstream", 100, 2, 200),
+        ("upstream", 200, 2, 400), ("ours", 200, 2, 400),
+    ]  # fmt: skip
