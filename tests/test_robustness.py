@@ -237,6 +237,61 @@ def test_histogram_bucket_bounds_are_written_as_go_writes_them() -> None:
     assert '.0"' not in "".join(re.findall(r'le="[^"]*"', text))
 
 
+REQUESTS = [
+    ("POST", "/mutate", 200, 0.0003),
+    ("POST", "/mutate", 200, 0.25),  # on a bound: counted in its bucket (le)
+    ("GET", "/mutate", 415, 0.00001),
+    ("POST", "/mutate", 200, 9.0),  # past every bound: +Inf only
+    ("GET", "/healthz", 200, 0.001),
+]
+
+
+def test_request_latency_families_match_prometheus_clients_histograms_and_summary() -> None:
+    """One observation per request feeds upstream's three families; a scrape shows what
+    prometheus_client's Histogram and Summary would for the same requests, without their
+    `_created` series (client_golang, and so upstream, has none)."""
+    from prometheus_client import CollectorRegistry, Histogram, Summary, generate_latest
+
+    reference = CollectorRegistry()
+    micro = Histogram(
+        "http_request_latencies", "Response latency distribution in microseconds for each "
+        "verb and path", ("verb", "path"), buckets=[125000.0 * 2**i for i in range(7)],
+        registry=reference,
+    )  # fmt: skip
+    summary = Summary(
+        "http_request_duration_microseconds",
+        "Response latency summary in microseconds for each verb and path.",
+        ("verb", "path"), registry=reference,
+    )  # fmt: skip
+    seconds = Histogram(
+        "pod_identity_webhook_request_duration_seconds",
+        "Time from request received to response written, in seconds, for each path",
+        ("path",), registry=reference,
+        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    )  # fmt: skip
+    metrics = Metrics()
+    for verb, path, code, elapsed in REQUESTS:
+        metrics.observe_request(verb, path, code, elapsed)
+        micro.labels(verb, path).observe(elapsed * 1e6)
+        summary.labels(verb, path).observe(elapsed * 1e6)
+        seconds.labels(path).observe(elapsed)
+
+    def families(text: str) -> list[str]:
+        names = ("http_request_latencies", "http_request_duration_microseconds",
+                 "pod_identity_webhook_request_duration_seconds")  # fmt: skip
+        return [
+            re.sub(r'le="(\d+)\.0"', r'le="\1"', line)
+            for line in text.splitlines()
+            if any(name in line for name in names) and "_created" not in line
+        ]
+
+    expected = families(generate_latest(reference).decode())
+    # 3 (verb, path) x (8 buckets + count + sum), 3 x (count + sum), 2 paths x (13 + 2), HELP/TYPE
+    assert len(expected) == 3 * 10 + 3 * 2 + 2 * 15 + 6
+    assert families(metrics.exposition().decode()) == expected
+    assert "_created" not in metrics.exposition().decode().replace("loop_lag_seconds_created", "")
+
+
 # -- the Kubernetes watch after an outage ---------------------------------------------------
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,11 +19,15 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    Summary,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from webhook.server.looplag import BUCKETS as LOOP_LAG_BUCKETS
 
@@ -101,46 +107,103 @@ class _Reconnects(Collector):
         yield family
 
 
+_LATENCY_US_BOUNDS = tuple(125000.0 * 2**i for i in range(7))
+_LATENCY_S_BOUNDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Buckets:
+    """One histogram series: observations per bucket (not cumulative; the last is +Inf)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+    count: int = 0
+    total: float = 0.0
+
+    @classmethod
+    def over(cls, bounds: tuple[float, ...]) -> _Buckets:
+        return cls(bounds, [0] * (len(bounds) + 1))
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        # bisect_left: the first bound >= the value, as `le` counts (+Inf past the last).
+        self.counts[bisect_left(self.bounds, value)] += 1
+
+    def cumulative(self, le: tuple[str, ...]) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for bound, count in zip(le, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+def _le(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` labels as prometheus_client writes them (the exposition trims `.0` after)."""
+    return tuple(floatToGoString(b) for b in (*bounds, float("inf")))  # type: ignore[no-untyped-call]
+
+
+_LATENCY_US_LE = _le(_LATENCY_US_BOUNDS)
+_LATENCY_S_LE = _le(_LATENCY_S_BOUNDS)
+
+
+class _RequestLatencies(Collector):
+    """Upstream's three request-latency families from one call per request: a histogram and
+    a summary in microseconds per verb and path (the summary is that histogram's count and
+    sum), a histogram in seconds per path. prometheus_client's Histogram and Summary would
+    take a lock per value, three times per review; the event loop is the only writer here."""
+
+    def __init__(self) -> None:
+        self._micros: dict[tuple[str, str], _Buckets] = {}
+        self._seconds: dict[str, _Buckets] = {}
+
+    def observe(self, verb: str, path: str, seconds: float) -> None:
+        micros = self._micros.get((verb, path))
+        if micros is None:
+            micros = self._micros[(verb, path)] = _Buckets.over(_LATENCY_US_BOUNDS)
+        per_path = self._seconds.get(path)
+        if per_path is None:
+            per_path = self._seconds[path] = _Buckets.over(_LATENCY_S_BOUNDS)
+        micros.observe(seconds * 1e6)
+        per_path.observe(seconds)
+
+    def collect(self) -> Iterator[HistogramMetricFamily | SummaryMetricFamily]:
+        histogram = HistogramMetricFamily(
+            "http_request_latencies",
+            "Response latency distribution in microseconds for each verb and path",
+            labels=("verb", "path"),
+        )
+        summary = SummaryMetricFamily(
+            "http_request_duration_microseconds",
+            "Response latency summary in microseconds for each verb and path.",
+            labels=("verb", "path"),
+        )
+        # first observed first, as prometheus_client writes its children
+        for labels, series in list(self._micros.items()):
+            histogram.add_metric(labels, series.cumulative(_LATENCY_US_LE), series.total)
+            summary.add_metric(labels, series.count, series.total)
+        seconds = HistogramMetricFamily(
+            "pod_identity_webhook_request_duration_seconds",
+            "Time from request received to response written, in seconds, for each path",
+            labels=("path",),
+        )
+        for path, series in list(self._seconds.items()):
+            seconds.add_metric((path,), series.cumulative(_LATENCY_S_LE), series.total)
+        yield histogram
+        yield summary
+        yield seconds
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.counters = _ExactNameCounters()
-        self._latency_us = Histogram(
-            "http_request_latencies",
-            "Response latency distribution in microseconds for each verb and path",
-            ("verb", "path"),
-            buckets=[125000.0 * 2**i for i in range(7)],
-            registry=self.registry,
-        )
-        self._duration_us = Summary(
-            "http_request_duration_microseconds",
-            "Response latency summary in microseconds for each verb and path.",
-            ("verb", "path"),
-            registry=self.registry,
-        )
-        self._latency_s = Histogram(
-            "pod_identity_webhook_request_duration_seconds",
-            "Time from request received to response written, in seconds, for each path",
-            ("path",),
-            buckets=(
-                0.0001,
-                0.00025,
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                1.0,
-            ),
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, str], tuple[Histogram, Summary, Histogram]] = {}
+        self._latencies = _RequestLatencies()
+        self.registry.register(self._latencies)
         self.used = Gauge(
             "pod_identity_webhook_used",
             "Indicator to know pod identity webhook is used",
@@ -173,18 +236,7 @@ class Metrics:
 
     def observe_request(self, verb: str, path: str, code: int, seconds: float) -> None:
         self.counters.inc("http_request_count", verb, path, str(code))
-        children = self._children.get((verb, path))
-        if children is None:  # resolve label sets once per (verb, path), not per request
-            children = (
-                self._latency_us.labels(verb, path),
-                self._duration_us.labels(verb, path),
-                self._latency_s.labels(path),
-            )
-            self._children[(verb, path)] = children
-        micros = seconds * 1e6
-        children[0].observe(micros)
-        children[1].observe(micros)
-        children[2].observe(seconds)
+        self._latencies.observe(verb, path, seconds)
 
     def observe_loop_lag(self, seconds: float) -> None:
         self._loop_lag.observe(seconds)
