@@ -20,11 +20,13 @@ from e2e.webhooks import (
     register,
     simple_pod,
     unregister,
+    wait_until,
     wait_until_mutating,
 )
 
 ROLE = "arn:aws:iam::111122223333:role/replay-live"
 LABEL = "pod-identity-webhook-replay-live"
+IDENTITY = {"eks.amazonaws.com/role-arn": ROLE, "eks.amazonaws.com/token-expiration": "3600"}
 
 
 def _namespace(cp: ControlPlane, version: str) -> str:
@@ -72,10 +74,30 @@ def test_a_recorded_live_run_replays_to_identical_responses(
     cp = control_plane
     records = tmp_path / "records"
     webhook = ours(
-        cp, tmp_path, [f"--record-dir={records}", "--resync-period=0"], name="recording"
+        cp,
+        tmp_path,
+        [f"--record-dir={records}", "--resync-period=0", "--enable-debugging-handlers"],
+        name="recording",
     ).start()
     namespaces = {version: _namespace(cp, version) for version in ("v1", "v1beta1")}
     try:
+        # Every review the webhook answers is recorded, the probes of wait_until_mutating too,
+        # and replayed against the ServiceAccounts as they are at the end. A review answered
+        # before the webhook's watch delivered `app` says "not in the cache" (no patch) where
+        # the replay patches: so the webhook must know every ServiceAccount before the API
+        # server can call it. One watch over all namespaces delivers them in creation order:
+        # `app`, created last in each namespace, in the cache means `plain` is there too.
+        for ns in namespaces.values():
+            cp.ensure_service_account(ns, "plain")
+            cp.ensure_service_account(ns, "app", {**IDENTITY})
+        wait_until(
+            lambda: all(
+                webhook.cached_identities().get(f"{ns}/app", {}).get("RoleARN") == ROLE
+                for ns in namespaces.values()
+            ),
+            timeout=30,
+            what="both namespaces' `app` in the recording webhook's cache",
+        )
         for version, ns in namespaces.items():
             register(
                 cp,
@@ -84,12 +106,6 @@ def test_a_recorded_live_run_replays_to_identical_responses(
                 versions=[version],
                 namespace_selector={"matchLabels": {LABEL: version}},
             )
-            cp.ensure_service_account(
-                ns,
-                "app",
-                {"eks.amazonaws.com/role-arn": ROLE, "eks.amazonaws.com/token-expiration": "3600"},
-            )
-            cp.ensure_service_account(ns, "plain")
             wait_until_mutating(cp, ns, "app", timeout=60)
         created = 0
         for ns in namespaces.values():

@@ -88,6 +88,14 @@ class WebhookProcess:
         ) as r:
             return str(r.read().decode())
 
+    def cached_identities(self) -> dict[str, Any]:
+        """Each ServiceAccount with a role in the webhook's cache ("namespace/name" -> identity),
+        from the debug handler (ours with --enable-debugging-handlers)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/debug/alpha/cache"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            accounts: dict[str, Any] = json.loads(r.read())["serviceAccounts"]
+            return accounts
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
