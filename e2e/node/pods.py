@@ -92,6 +92,11 @@ def exec_in_pod(
         status = ws.read_channel(_ERROR_CHANNEL)
     finally:
         ws.close()
+        # websocket-client answers the API server's closing frame by marking the connection
+        # closed while its TLS socket stays open; close() then returns early, and the socket
+        # was left to the garbage collector (ResourceWarning in some later test).
+        # shutdown() is websocket-client's "close the socket now".
+        ws.sock.shutdown()
     rc = _exit_code(status, f"exec {argv} in {namespace}/{pod}")
     return ExecResult(rc=rc, stdout="".join(out), stderr="".join(err))
 
