@@ -32,6 +32,7 @@ from e2e.node.walkthrough import (
     uninstall_webhook,
     webhook_pods,
 )
+from e2e.webhooks import wait_until
 
 
 def _webhook_config(node: Node, release: Release) -> Any:
@@ -111,8 +112,24 @@ def _assert_installed(node: Node, release: Release, port: int, *, host_network: 
     core = typed_api(k8s_client.CoreV1Api, node.api)
     cluster_ip = core.read_namespaced_service(service.name, service.namespace).spec.cluster_ip
     assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(SERVICE_CIDR)
+    # kube-proxy writes the ClusterIP's rules from the EndpointSlices on its own schedule (the
+    # controller-manager batches slice updates for 1 s here): a refused connection right after
+    # the replicas turned Ready is the data plane catching up, so wait for it, within a bound.
+    wait_until(
+        lambda: _accepts(cluster_ip, service.port or 443),
+        timeout=30,
+        what=f"kube-proxy to route {cluster_ip}:{service.port or 443}",
+    )
     _served_certificate_verifies(ca_bundle, service, cluster_ip, service.port or 443)
     return ips
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_default_install_two_ready_replicas_on_pod_ips_behind_the_service_endpoints(
