@@ -30,6 +30,13 @@ class FakeCluster:
     """Answers GETs from a table; any write would raise, so the test also proves read-only."""
 
     host = "https://fake"
+    closed = False
+
+    def __enter__(self) -> FakeCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.closed = True
 
     def __init__(self) -> None:
         self.lists: dict[str, list[dict[str, Any]]] = {
@@ -129,6 +136,7 @@ def test_replay_from_the_cluster_shows_what_a_new_pod_would_get(
     env = {e["name"]: e["value"] for e in web["spec"]["containers"][0]["env"]}
     assert env["AWS_ROLE_ARN"] == ROLE
     assert "owned by a PostgresCluster" in captured.err
+    assert cluster.closed  # read, then its connections closed
 
 
 def test_cluster_namespaces_feed_the_namespace_selector(

@@ -676,6 +676,10 @@ class FakeKube:
         self.calls: list[tuple[str, str, list[tuple[str, str]], Any, str]] = []
         self.limiter = self._Limiter()
         self.api = type("Api", (), {"configuration": type("C", (), {"host": "https://k"})()})()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def request_json(
         self,
@@ -908,6 +912,7 @@ def test_cli_table_exit_code_and_flags(
     assert "ERROR   not-injected [shop/Pod/lonely]" in out
     assert out.rstrip().endswith("2 error(s), 0 warning(s), 0 info")
     assert patches(fake_cluster) == []
+    assert fake_cluster.closed  # its connections, when audit runs in-process
 
 
 def test_cli_clean_cluster_exits_zero(

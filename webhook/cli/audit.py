@@ -10,6 +10,7 @@ from typing import TextIO
 
 from webhook.cli import UsageError, flags
 from webhook.cli.common import add_output_flag, print_document, read_file, render_findings
+from webhook.core.settings import MutationSettings
 from webhook.toolkit import audit_cluster
 from webhook.toolkit.audit import AuditReport, RestartPlan, render_csv, render_table
 from webhook.toolkit.audit_cluster import Cluster, ClusterError, RestartResult
@@ -152,6 +153,19 @@ def run(args: argparse.Namespace) -> int:
         cluster = audit_cluster.connect(
             args.kubeconfig, args.kube_api, args.request_timeout, context=args.context
         )
+    except ClusterError as err:
+        raise UsageError(str(err)) from None
+    with cluster:
+        return _audit(cluster, args, settings, container_credentials)
+
+
+def _audit(
+    cluster: Cluster,
+    args: argparse.Namespace,
+    settings: MutationSettings,
+    container_credentials: frozenset[tuple[str, str]] | None,
+) -> int:
+    try:
         report = audit_cluster.run_audit(
             cluster,
             settings,

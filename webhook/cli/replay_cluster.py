@@ -58,12 +58,13 @@ def prepare(args: argparse.Namespace, warn: Callable[[str], None]) -> None:
     from webhook.toolkit.replay_cluster import read_cluster
 
     try:
-        cluster = connect(args.kubeconfig, context=args.context)
-        snapshot = read_cluster(
-            cluster,
-            namespaces=args.scope_namespaces,
-            config_map_namespace=args.webhook_namespace if args.watch_config_map else None,
-        )
+        with connect(args.kubeconfig, context=args.context) as cluster:
+            host = cluster.host
+            snapshot = read_cluster(
+                cluster,
+                namespaces=args.scope_namespaces,
+                config_map_namespace=args.webhook_namespace if args.watch_config_map else None,
+            )
     except ClusterError as err:
         raise UsageError(f"--from-cluster: {err}") from None
     for note in snapshot.notes:
@@ -74,4 +75,4 @@ def prepare(args: argparse.Namespace, warn: Callable[[str], None]) -> None:
     if snapshot.workloads:
         args.inputs = [*args.inputs, _write(directory, "workloads.json", snapshot.workloads)]
     elif not args.inputs:
-        raise UsageError(f"--from-cluster: no running pods in {cluster.host}")
+        raise UsageError(f"--from-cluster: no running pods in {host}")

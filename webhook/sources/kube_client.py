@@ -97,6 +97,10 @@ class KubeClient:
         self.api = api_client
         self.limiter = TokenBucket(QPS, QPS)
 
+    def close(self) -> None:
+        """Close the kubernetes client's connection pool (`ApiClient.close`)."""
+        self.api.close()
+
     def open(
         self,
         method: str,

@@ -66,11 +66,21 @@ def _connection_message(err: BaseException) -> str:
 
 
 class Cluster:
-    """Raw JSON requests against one API server."""
+    """Raw JSON requests against one API server. A context manager: leaving it closes the
+    client's connections (the commands also run in-process, in tests and scripts)."""
 
     def __init__(self, client: KubeClient, timeout: float = 30.0) -> None:
         self.client = client
         self.timeout = timeout
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
 
     @property
     def host(self) -> str:
