@@ -173,15 +173,18 @@ def sweep(
                 p = point(name, budget, position, vegeta.AttackResult.pooled(again), limits)
                 p["first_attempt"] = first
             if windows > 1:
-                log(_line(budget, name, rate, p, 0).replace("/s:", f"/s, {windows} windows:", 1))
+                log(_line(budget, name, rate, p, 0, windows=windows))
             points.append(p)
             if p["saturated"]:
                 active.discard(name)
     return points
 
 
-def _line(budget: Budget, name: str, rate: float, p: dict[str, Any], attempt: int) -> str:
+def _line(
+    budget: Budget, name: str, rate: float, p: dict[str, Any], attempt: int, windows: int = 1
+) -> str:
     again = f" (again, {attempt + 1})" if attempt else ""
+    again += f", {windows} windows" if windows > 1 else ""
     return (
         f"{budget.name:<8} {name:<8} {rate:>6.0f}/s{again}: achieved {p['achieved_rps']:>7.0f}/s "
         f"p50 {p['p50_ms']:>7.2f} p99 {p['p99_ms']:>8.2f} p99.9 {p['p999_ms']:>8.2f} "

@@ -107,46 +107,51 @@ class _Reconnects(Collector):
         yield family
 
 
-_LATENCY_US_BOUNDS = tuple(125000.0 * 2**i for i in range(7))
-_LATENCY_S_BOUNDS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A histogram's bucket bounds and their `le` labels as prometheus_client writes them
+    (the exposition trims `.0` afterwards)."""
+
+    bounds: tuple[float, ...]
+    le: tuple[str, ...]
+
+    @classmethod
+    def of(cls, *bounds: float) -> _Layout:
+        labels = (floatToGoString(b) for b in (*bounds, float("inf")))  # type: ignore[no-untyped-call]
+        return cls(bounds, tuple(labels))
+
+
+_LATENCY_US = _Layout.of(*(125000.0 * 2**i for i in range(7)))
+_LATENCY_S = _Layout.of(
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+)
 
 
 @dataclass(slots=True)
 class _Buckets:
     """One histogram series: observations per bucket (not cumulative; the last is +Inf)."""
 
-    bounds: tuple[float, ...]
+    layout: _Layout
     counts: list[int]
     count: int = 0
     total: float = 0.0
 
     @classmethod
-    def over(cls, bounds: tuple[float, ...]) -> _Buckets:
-        return cls(bounds, [0] * (len(bounds) + 1))
+    def over(cls, layout: _Layout) -> _Buckets:
+        return cls(layout, [0] * len(layout.le))
 
     def observe(self, value: float) -> None:
         self.count += 1
         self.total += value
         # bisect_left: the first bound >= the value, as `le` counts (+Inf past the last).
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self.layout.bounds, value)] += 1
 
-    def cumulative(self, le: tuple[str, ...]) -> list[tuple[str, float]]:
+    def cumulative(self) -> list[tuple[str, float]]:
         running, out = 0, []
-        for bound, count in zip(le, self.counts, strict=True):
+        for bound, count in zip(self.layout.le, self.counts, strict=True):
             running += count
             out.append((bound, float(running)))
         return out
-
-
-def _le(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    """The `le` labels as prometheus_client writes them (the exposition trims `.0` after)."""
-    return tuple(floatToGoString(b) for b in (*bounds, float("inf")))  # type: ignore[no-untyped-call]
-
-
-_LATENCY_US_LE = _le(_LATENCY_US_BOUNDS)
-_LATENCY_S_LE = _le(_LATENCY_S_BOUNDS)
 
 
 class _RequestLatencies(Collector):
@@ -162,10 +167,10 @@ class _RequestLatencies(Collector):
     def observe(self, verb: str, path: str, seconds: float) -> None:
         micros = self._micros.get((verb, path))
         if micros is None:
-            micros = self._micros[(verb, path)] = _Buckets.over(_LATENCY_US_BOUNDS)
+            micros = self._micros[(verb, path)] = _Buckets.over(_LATENCY_US)
         per_path = self._seconds.get(path)
         if per_path is None:
-            per_path = self._seconds[path] = _Buckets.over(_LATENCY_S_BOUNDS)
+            per_path = self._seconds[path] = _Buckets.over(_LATENCY_S)
         micros.observe(seconds * 1e6)
         per_path.observe(seconds)
 
@@ -182,7 +187,7 @@ class _RequestLatencies(Collector):
         )
         # first observed first, as prometheus_client writes its children
         for labels, series in list(self._micros.items()):
-            histogram.add_metric(labels, series.cumulative(_LATENCY_US_LE), series.total)
+            histogram.add_metric(labels, series.cumulative(), series.total)
             summary.add_metric(labels, series.count, series.total)
         seconds = HistogramMetricFamily(
             "pod_identity_webhook_request_duration_seconds",
@@ -190,7 +195,7 @@ class _RequestLatencies(Collector):
             labels=("path",),
         )
         for path, series in list(self._seconds.items()):
-            seconds.add_metric((path,), series.cumulative(_LATENCY_S_LE), series.total)
+            seconds.add_metric((path,), series.cumulative(), series.total)
         yield histogram
         yield summary
         yield seconds
