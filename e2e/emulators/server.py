@@ -102,23 +102,13 @@ class EmulatorServer:
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},  # stop() returns promptly
-            name=f"{type(self).__name__}:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_background(httpd, f"{type(self).__name__}:{self.port}")
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._httpd is not None and self._thread is not None:
+            shut_down(self._httpd, self._thread)
+        self._httpd = self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -130,6 +120,23 @@ class EmulatorServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def serve_in_background(httpd: ThreadingHTTPServer, name: str) -> threading.Thread:
+    """`httpd.serve_forever()` in a daemon thread, polling often enough that `shut_down`
+    returns promptly."""
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def shut_down(httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    """Stop serving, close the listening socket, and wait (5 s at most) for the thread."""
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
 
 
 class _IPv6Server(ThreadingHTTPServer):

@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from e2e.controlplane import _CA
+from e2e.emulators.server import serve_in_background, shut_down
 from e2e.node.netns import BRIDGE, NETNS_DIR
 
 __all__ = [
@@ -152,22 +153,12 @@ class IssuerSite:
         self.listen_port = bound
         self.hosts_file.write_text(f"127.0.0.1 localhost\n{self.address} {self.host}\n")
         self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"issuer-site:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_background(httpd, f"issuer-site:{self.port}")
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._httpd is not None and self._thread is not None:
+            shut_down(self._httpd, self._thread)
+        self._httpd = self._thread = None
 
     def record(self, request: ServedRequest) -> None:
         with self._lock:
