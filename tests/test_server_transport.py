@@ -45,6 +45,7 @@ from webhook.server import app as app_module
 from webhook.server.app import MutateEndpoint, WebhookContext, create_webhook_app
 from webhook.server.connection import (
     HEADER_TOO_LARGE,
+    PLAIN_HTTP_ANSWER,
     GuardedConnection,
     Listening,
     connection_class,
@@ -209,6 +210,12 @@ class FakeTransport:
     def abort(self) -> None:
         self.closing = self.aborted = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closing = True
+
     def get_write_buffer_size(self) -> int:
         return 0
 
@@ -340,6 +347,29 @@ def test_the_tls_handshake_deadline_is_armed_at_accept_unless_zero_as_in_go(
     assert not connection.started  # uvicorn's protocol gets the connection after TLS only
     if connection.expiry is not None:
         connection.expiry.cancel()
+
+
+def test_a_tls_connection_is_busy_until_its_first_request_so_the_drain_keeps_it() -> None:
+    async def accept() -> tuple[GuardedConnection, FakeTransport]:
+        listening = Listening(RecordingHTTP, 1.0, tls=ssl.create_default_context())
+        connection = connection_class(listening)()
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        return connection, transport
+
+    connection, transport = asyncio.run(accept())
+    assert connection.busy  # accepted, nothing received: the client's hello is on its way
+    connection.data_received(b"PO")  # plain HTTP or TLS? not told yet
+    assert connection.busy
+    if connection.expiry is not None:
+        connection.expiry.cancel()
+
+    refused, transport = asyncio.run(accept())
+    refused.data_received(raw_request("GET", "/healthz"))  # plain HTTP on the TLS port
+    assert transport.written == [PLAIN_HTTP_ANSWER]
+    assert not refused.busy  # answered Go's 400: nothing is on its way
+    if refused.expiry is not None:
+        refused.expiry.cancel()
 
 
 def test_a_head_over_the_limit_is_answered_gos_431_and_not_passed_on() -> None:

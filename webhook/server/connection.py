@@ -341,10 +341,14 @@ class GuardedConnection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """Opening, expecting its first request, reading a head, or holding bytes the loop
-        has not read yet: only a connection between two requests may be closed (one with an
-        answer in progress is closed by uvicorn after it)."""
-        return self.opening is not None or self.head_since is not None or kernel_unread(self.fd) > 0
+        """Not yet through TLS, expecting its first request, reading a head, or holding bytes
+        the loop has not read yet: only a connection between two requests may be closed (one
+        with an answer in progress is closed by uvicorn after it). A connection accepted before
+        the listener closed whose client has not sent its TLS hello yet is a review on its way,
+        as Go's Shutdown treats a new connection; the handshake deadline bounds the wait."""
+        if not self.started:
+            return not self.refused  # after Go's 400 to plain HTTP: nothing more to answer
+        return self.head_since is not None or kernel_unread(self.fd) > 0
 
     def unsent_bytes(self) -> int:
         buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
