@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from bench import vegeta as vegeta_tool
+from tests.netns import EnterNetworkNamespace, NamespaceUnavailable, own_network_namespace
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "e2e" / "tools" / "build.sh"
@@ -95,3 +98,20 @@ def vegeta() -> Path:
         return vegeta_tool.vegeta_binary()
     except vegeta_tool.ToolsUnavailable as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture
+def network_namespace() -> Iterator[EnterNetworkNamespace]:
+    """`network_namespace({"net.ipv4.some_setting": "1"})` moves the rest of the test, and every
+    server and client thread it starts, into a network namespace of its own with those settings
+    (tests/netns.py); the test is skipped, naming the reason, where none can be created.
+    Ask for this fixture before the ones that start servers, so they stop inside it."""
+    with ExitStack() as stack:
+
+        def enter(sysctls: Mapping[str, str]) -> None:
+            try:
+                stack.enter_context(own_network_namespace(sysctls))
+            except NamespaceUnavailable as err:
+                pytest.skip(f"needs a network namespace of its own: {err}")
+
+        yield enter

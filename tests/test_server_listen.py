@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tests import serverproc
+from tests.netns import EnterNetworkNamespace
 from tests.serverproc import (
     ROLE_ANNOTATION,
     ROLE_ARN,
@@ -145,6 +146,44 @@ def test_two_listeners_share_a_port_only_with_reuse_port() -> None:
         second[0].close()
     finally:
         first[0].close()
+
+
+@pytest.mark.parametrize(("content", "migrate"), [("1\n", True), ("0\n", False), (None, None)])
+def test_the_kernel_says_whether_a_closing_listener_hands_on_its_queue(
+    tmp_path: Path, content: str | None, migrate: bool | None
+) -> None:
+    setting = tmp_path / "tcp_migrate_req"
+    if content is not None:
+        setting.write_text(content)
+    assert listen.queued_connections_migrate(setting) is migrate
+
+
+REUSE_PORT_WARNING = "--reuse-port: net.ipv4.tcp_migrate_req is 0 here"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("migrate", "warnings"), [("0", 1), ("1", 0)])
+def test_reuse_port_warns_once_at_start_when_the_kernel_would_reset_a_closing_listeners_queue(
+    network_namespace: EnterNetworkNamespace,
+    start_server: ServerFactory,
+    migrate: str,
+    warnings: int,
+) -> None:
+    network_namespace({"net.ipv4.tcp_migrate_req": migrate})
+    server = start_server(extra_args=("--reuse-port",))
+    with server.client() as https:
+        assert https.get("/healthz").text == "ok"
+    found = [line for line in server.log_lines() if REUSE_PORT_WARNING in line]
+    assert len(found) == warnings, server.log_text()
+    if found:
+        assert "level=warning" in found[0]
+        assert "set it to 1 on the node" in found[0]
+
+
+@pytest.mark.slow
+def test_no_reuse_port_no_warning_about_the_kernel(start_server: ServerFactory) -> None:
+    server = start_server()
+    assert not [line for line in server.log_lines() if REUSE_PORT_WARNING in line]
 
 
 # --------------------------------------------------------------------------- ports

@@ -20,7 +20,13 @@ from webhook.server.app import (
     create_webhook_app,
 )
 from webhook.server.grace import GraceLookup
-from webhook.server.listen import Endpoint, ListenError, bind, bound_address
+from webhook.server.listen import (
+    Endpoint,
+    ListenError,
+    bind,
+    bound_address,
+    queued_connections_migrate,
+)
 from webhook.server.metrics import Metrics
 from webhook.server.record import (
     DEFAULT_MAX_BYTES,
@@ -345,6 +351,13 @@ def run(args: argparse.Namespace) -> int:
     except ListenError as err:
         print(f"{PROG} serve: error: {err}{_listen_hint(str(err))}", file=sys.stderr)
         return 1
+    if args.reuse_port and queued_connections_migrate() is False:
+        log.warning(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0 here, so connections still queued on "
+            "this listener when it closes (rollout, restart) are reset, and with "
+            "failurePolicy: Ignore their pods are stored without credentials; set it to 1 on "
+            "the node (Linux 5.14+)"
+        )
     from webhook.sources.imds import account_from_instance_metadata
 
     settings = flags.settings_from_args(args, account_lookup=account_from_instance_metadata)

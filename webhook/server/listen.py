@@ -11,8 +11,13 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+# Linux 5.14+: 1 hands the connections queued on a closing listener to another listener of its
+# SO_REUSEPORT group; 0 (the default) resets them. Read in the server's network namespace,
+# which with hostNetwork is the node's.
+MIGRATE_SETTING = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 # What "no IPv6 here" looks like: no IPv6 in the kernel, or no IPv6 address to bind.
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
@@ -28,6 +33,15 @@ class Endpoint:
     host: str
     port: int
     reuse_port: bool = False
+
+
+def queued_connections_migrate(setting: Path = MIGRATE_SETTING) -> bool | None:
+    """Whether this kernel hands a closing listener's queued connections to the rest of its
+    SO_REUSEPORT group; None when it cannot tell (not Linux, a kernel before 5.14)."""
+    try:
+        return setting.read_text().strip() != "0"
+    except OSError:
+        return None
 
 
 def format_address(host: str, port: int) -> str:
