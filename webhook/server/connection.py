@@ -6,8 +6,9 @@ arguments uvicorn passes, forwards every asyncio.Protocol callback to it, and ad
 asyncio, ssl and httptools APIs only:
 
 - TLS with a deadline: uvicorn listens on plain TCP; the first bytes of each connection are
-  peeked. Plain HTTP gets Go's `400 Client sent an HTTP request to an HTTPS server.`; a client
-  that sends nothing, or never finishes its handshake, is closed after --tls-handshake-timeout
+  read and kept until they tell TLS from plain HTTP, then handed to the TLS layer. Plain HTTP
+  gets Go's `400 Client sent an HTTP request to an HTTPS server.`; a client that sends
+  nothing, or never finishes its handshake, is closed after --tls-handshake-timeout
   (`loop.start_tls(..., ssl_handshake_timeout=)`). The SSLContext is the one the certificate
   reloader loads new pairs into (tls.py), so new handshakes see a new certificate.
 - Request heads: a second httptools parser with three callbacks (no header copies) follows
@@ -54,7 +55,6 @@ PLAIN_HTTP_ANSWER = (
 )
 # Go's net/http: tlsRecordHeaderLooksLikeHTTP.
 _HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
-_PEEK_POLL_SECONDS = 0.01
 _UPGRADE = re.compile(rb"\r\nupgrade([ \t]*:)", re.IGNORECASE)
 _IGNORED_UPGRADE = rb"\r\nX-Ignored-Upgrade\1"
 
