@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.images import Images
 from e2e.node import summary
 from e2e.node.cluster import NODE_IP, POD_CIDR, SERVICE_CIDR, Node
-from e2e.node.pods import create_until_mutated
+from e2e.node.pods import create_until_mutated, pod_logs
 from e2e.node.walkthrough import (
     ROLE_ANNOTATION,
     Release,
@@ -93,6 +93,11 @@ def _assert_installed(node: Node, release: Release, port: int, *, host_network: 
     ips = sorted(p.status.pod_ip for p in ready)
     if host_network:
         assert ips == [NODE_IP, NODE_IP]
+        # install_webhook set the node's tcp_migrate_req, as the chart README asks; each
+        # replica read it from inside its container, in the node's network namespace.
+        for pod in ready:
+            log = pod_logs(node.api, release.namespace, pod.metadata.name)
+            assert "--reuse-port: net.ipv4.tcp_migrate_req is 1 here" in log, log[-2000:]
     else:
         assert len(set(ips)) == 2, ips
         assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR) for ip in ips)

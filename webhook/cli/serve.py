@@ -310,6 +310,27 @@ def _warn_stray_arguments(strays: Sequence[str]) -> None:
     )
 
 
+def _report_listener_migration(migrate: bool | None) -> None:
+    """With --reuse-port, whether a rollout can reset reviews: the kernel's side of the drain."""
+    if migrate is False:
+        log.warning(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0 here, so connections still queued on "
+            "this listener when it closes (rollout, restart) are reset, and with "
+            "failurePolicy: Ignore their pods are stored without credentials; set it to 1 on "
+            "the node (Linux 5.14+)"
+        )
+    elif migrate:
+        log.info(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 1 here: connections still queued on "
+            "this listener when it closes go to another listener on the port"
+        )
+    else:
+        log.info(
+            "--reuse-port: net.ipv4.tcp_migrate_req cannot be read here (Linux 5.14+), so "
+            "connections still queued on this listener when it closes may be reset"
+        )
+
+
 def _listen_hint(message: str) -> str:
     if "in use" not in message:
         return ""
@@ -351,13 +372,8 @@ def run(args: argparse.Namespace) -> int:
     except ListenError as err:
         print(f"{PROG} serve: error: {err}{_listen_hint(str(err))}", file=sys.stderr)
         return 1
-    if args.reuse_port and queued_connections_migrate() is False:
-        log.warning(
-            "--reuse-port: net.ipv4.tcp_migrate_req is 0 here, so connections still queued on "
-            "this listener when it closes (rollout, restart) are reset, and with "
-            "failurePolicy: Ignore their pods are stored without credentials; set it to 1 on "
-            "the node (Linux 5.14+)"
-        )
+    if args.reuse_port:
+        _report_listener_migration(queued_connections_migrate())
     from webhook.sources.imds import account_from_instance_metadata
 
     settings = flags.settings_from_args(args, account_lookup=account_from_instance_metadata)
