@@ -26,6 +26,7 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_RUNNING = 0x40
+THIS_THREADS_NETWORK = Path("/proc/thread-self/ns/net")
 
 # The `network_namespace` fixture (tests/conftest.py): call it with the settings to enter one.
 EnterNetworkNamespace = Callable[[Mapping[str, str]], None]
@@ -59,10 +60,10 @@ def _write_sysctls(sysctls: Mapping[str, str]) -> None:
 @contextmanager
 def own_network_namespace(sysctls: Mapping[str, str] | None = None) -> Iterator[None]:
     """Run the block in a new network namespace with loopback up and `sysctls` set."""
-    if not Path("/proc/thread-self/ns/net").exists():
-        raise NamespaceUnavailable("no /proc/thread-self/ns/net: not Linux")
+    if not THIS_THREADS_NETWORK.exists():
+        raise NamespaceUnavailable(f"no {THIS_THREADS_NETWORK}: not Linux")
     libc = _libc()
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    original = os.open(THIS_THREADS_NETWORK, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.unshare(CLONE_NEWNET) != 0:
             errno = ctypes.get_errno()

@@ -19,7 +19,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.images import Images
-from e2e.node import summary
+from e2e.node import kubeproxy, summary
 from e2e.node.cluster import NODE_IP, POD_CIDR, SERVICE_CIDR, Node
 from e2e.node.pods import create_until_mutated, pod_logs
 from e2e.node.walkthrough import (
@@ -121,20 +121,12 @@ def _assert_installed(node: Node, release: Release, port: int, *, host_network: 
     # controller-manager batches slice updates for 1 s here): a refused connection right after
     # the replicas turned Ready is the data plane catching up, so wait for it, within a bound.
     wait_until(
-        lambda: _accepts(cluster_ip, service.port or 443),
+        lambda: kubeproxy.reaches(cluster_ip, service.port or 443),
         timeout=30,
         what=f"kube-proxy to route {cluster_ip}:{service.port or 443}",
     )
     _served_certificate_verifies(ca_bundle, service, cluster_ip, service.port or 443)
     return ips
-
-
-def _accepts(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_default_install_two_ready_replicas_on_pod_ips_behind_the_service_endpoints(
